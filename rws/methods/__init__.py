@@ -1,1 +1,1 @@
-
+"""Training methods as LightningModules, chosen by the ``method=`` config group."""

@@ -1,0 +1,85 @@
+"""The LightningModule every training method builds on.
+
+Subclasses change only how a training batch is made (``train_inputs``): corrupt it, attack it.
+Hyperparameters are stored as plain containers so Lightning checkpoints load with
+``weights_only=True`` (a DictConfig or nn.Module in ``hyper_parameters`` would not unpickle).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from rws.methods.optim import build_optimizer, lr_factor
+from rws.weights.export import build_model
+
+
+def to_plain(obj: Any) -> Any:
+    return OmegaConf.to_container(obj, resolve=True) if isinstance(obj, DictConfig) else obj
+
+
+class ClassifierModule(pl.LightningModule):
+    """Cross-entropy classifier with optimizer/schedule from config and torchmetrics accuracy."""
+
+    def __init__(self, model: dict, optim: dict | None = None, sched: dict | None = None,
+                 label_smoothing: float = 0.0, **method_kwargs: Any) -> None:
+        super().__init__()
+        model, optim, sched = to_plain(model), to_plain(optim or {}), to_plain(sched or {})
+        method_kwargs = {k: to_plain(v) for k, v in method_kwargs.items()}
+        self.save_hyperparameters({"model": model, "optim": optim, "sched": sched,
+                                   "label_smoothing": label_smoothing, **method_kwargs})
+        self.model_cfg = model
+        self.model: nn.Module = build_model(model)
+        self.label_smoothing = float(label_smoothing)
+        num_classes = int(model["num_classes"])
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def train_inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hook: transform a training batch (pixels in [0, 1]) before the loss."""
+        return x, y
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        x, y = self.train_inputs(x, y)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metric: MulticlassAccuracy, prefix: str) -> None:
+        x, y = batch
+        logits = self.model(x)
+        metric(logits, y)
+        self.log(f"{prefix}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log(f"{prefix}/acc", metric, prog_bar=True, on_epoch=True, batch_size=len(y))
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_acc, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_acc, "test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.model.parameters(), self.hparams["optim"])
+        sched_cfg = self.hparams["sched"]
+        if str(sched_cfg.get("name", "none")).lower() == "none" and not sched_cfg.get("warmup_epochs"):
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        steps_per_epoch = max(total // epochs, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total, sched_cfg, steps_per_epoch))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

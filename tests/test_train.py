@@ -1,0 +1,122 @@
+"""train.py: config composition, schedules, init checks, export, resume, multirun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from rws.methods.optim import lr_factor
+from rws.training import build_method
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.mark.parametrize("method", ["nominal", "corruption"])
+def test_train_config_composes_and_builds(method: str) -> None:
+    cfg = _compose([f"method={method}", "model=small_cnn", "data=digits"])
+    assert cfg.method.name == method
+    module = build_method(cfg)
+    x = torch.rand(4, 3, 32, 32)
+    assert module(x).shape == (4, 10)
+    # Checkpoint hyperparameters must be primitives so weights_only=True can load them.
+    def _plain(v):
+        if isinstance(v, dict):
+            return all(_plain(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return all(_plain(x) for x in v)
+        return v is None or isinstance(v, (int, float, str, bool))
+    assert _plain(dict(module.hparams))
+
+
+def test_schedules() -> None:
+    cos = {"name": "cosine"}
+    assert lr_factor(0, 100, cos, 10) == pytest.approx(1.0)
+    assert lr_factor(50, 100, cos, 10) == pytest.approx(0.5, abs=1e-6)
+    assert lr_factor(100, 100, cos, 10) == pytest.approx(0.0, abs=1e-9)
+    warm = {"name": "cosine", "warmup_epochs": 1}
+    assert lr_factor(0, 100, warm, 10) == pytest.approx(0.1)
+    ms = {"name": "multistep", "milestones": [2, 4], "gamma": 0.1}
+    assert lr_factor(19, 100, ms, 10) == pytest.approx(1.0)
+    assert lr_factor(20, 100, ms, 10) == pytest.approx(0.1)
+    assert lr_factor(45, 100, ms, 10) == pytest.approx(0.01)
+    pw = {"name": "piecewise", "epochs": [0, 2, 4], "factors": [0, 1, 0]}
+    assert lr_factor(10, 40, pw, 10) == pytest.approx(0.5)
+    assert lr_factor(30, 40, pw, 10) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="sched.name"):
+        lr_factor(0, 10, {"name": "bogus"}, 1)
+
+
+def test_corruption_method_is_repeatable() -> None:
+    cfg = _compose(["method=corruption", "method.corruptions=[gaussian_noise,contrast]", "method.severity=[3,5]"])
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(10, (16,))
+    a = build_method(cfg).train_inputs(x, y)[0]
+    b = build_method(cfg).train_inputs(x, y)[0]
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, x)
+    assert a.min() >= 0 and a.max() <= 1
+
+
+def test_init_mismatch_lists_keys(tmp_path: Path) -> None:
+    from rws.methods.init import load_init
+    from rws.models import create_model
+    from rws.weights.export import save_export
+
+    cfg = {"_target_": "rws.models.create_model", "name": "small_cnn", "num_classes": 10}
+    save_export(tmp_path / "e", create_model(**{k: v for k, v in cfg.items() if k != "_target_"}), cfg)
+    other = create_model("small_cnn", num_classes=7)
+    with pytest.raises(ValueError, match=r"shape: .*expected"):
+        load_init(other, tmp_path / "e")
+    with pytest.raises(FileNotFoundError, match="export"):
+        load_init(other, tmp_path / "nothing")
+
+
+def _train(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "train.py", "trainer=cpu", "trainer.max_epochs=1", "data.subset_per_class=20",
+           f"paths.output_dir={tmp}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_train_exports_and_resumes(tmp_path: Path) -> None:
+    from rws.weights.export import load_export
+
+    run = tmp_path / "run"
+    p = _train(tmp_path, f"hydra.run.dir={run}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    exp = load_export(run / "export")
+    meta = exp.metrics
+    assert meta["git_commit"] and "torch" in meta["versions"]
+    assert meta["config"]["model"]["name"] == "small_cnn"
+    assert 0.0 <= meta["metrics"]["test/acc"] <= 1.0
+    model = exp.build()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # no unpickling of code
+    assert ckpt["epoch"] == 0
+    # resume=auto continues from last.ckpt to a later epoch in the same run dir
+    p = _train(tmp_path, f"hydra.run.dir={run}", "resume=auto", "trainer.max_epochs=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_multirun_makes_distinct_runs(tmp_path: Path) -> None:
+    p = _train(tmp_path, "-m", "seed=0,1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    exports = sorted(tmp_path.rglob("export/model.safetensors"))
+    assert len(exports) == 2 and exports[0].parent != exports[1].parent
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(e)) for e in exports)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # different seeds, different weights
