@@ -27,7 +27,9 @@ def build_method(cfg: DictConfig) -> pl.LightningModule:
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     method_cfg.pop("name", None)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    return instantiate(method_cfg, model=model_cfg, _convert_="all")
+    # Not recursive: the model config (it has a _target_) must reach the module as a dict, so the
+    # module can rebuild the model and store the config in the export.
+    return instantiate(method_cfg, model=model_cfg, _convert_="all", _recursive_=False)
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

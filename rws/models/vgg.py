@@ -1,0 +1,46 @@
+"""VGG-16 for CIFAR as used by the RWS paper: 13 3x3 convs and a single linear head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rws.models._common import scaled
+
+# "M" is a 2x2 max-pool. Five pools take 32px to 1x1, which is why the head is a single Linear(512, C).
+VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                                    512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(nn.Module):
+    """``features`` (conv[+BN]+ReLU and pools, as one Sequential) then ``classifier``.
+
+    A global average pool sits before the classifier: it is the identity at 32px and keeps the head
+    Linear(512*width, C) at larger inputs (64px Tiny-ImageNet leaves 2x2 maps), so the state dict
+    does not depend on the resolution.
+    """
+
+    def __init__(self, num_classes: int, batch_norm: bool = False, width: float = 1.0,
+                 drop_rate: float = 0.0, cfg: tuple[int | str, ...] = VGG16_CFG) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            out_ch = scaled(int(v), width)
+            # Conv keeps its bias even with BN: the classic CIFAR VGG does, and the pinned counts rely on it.
+            layers.append(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=True))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.ReLU(inplace=True))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.classifier = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.classifier(self.dropout(x))
