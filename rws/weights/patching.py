@@ -1,0 +1,261 @@
+"""Patch signatures into a live model in place, and take them off again bit-exactly.
+
+    θ = θ_std + Σ_c α_c · RWS_c                       (weights, biases, BN affine of kept layers)
+
+BN running statistics of kept layers follow ``bn_policy``:
+  * ``robust``: a convex-style mix of the standard and robust statistics,
+        stat = (1 − Σ_c α_c) · stat_std + Σ_c α_c · stat_robust_c
+    (one signature: (1 − α)·std + α·robust; α=1 gives the robust model's statistics). The sum runs
+    over the signatures that carry that key. running_var is clamped at 0 when Σα > 1 extrapolates.
+  * ``std``: leave the standard model's statistics alone.
+  * ``recalibrate``: leave them for ``Patcher.recalibrate(batches)`` / ``recalibrate_bn``.
+  * ``None`` (Patcher default): each signature's own stored policy.
+``num_batches_tracked`` is never touched.
+
+``Patcher.apply`` backs up only the touched tensors first (shallow layers: a few MB at most; the
+backup buffers are kept and reused across apply/remove cycles), so
+``remove`` copies them back and the model is bit-for-bit the standard model again.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from rws.weights.signature_io import Signature, arch_hash, load_signature
+
+BN_POLICIES = ("robust", "std", "recalibrate")
+SigLike = Signature | str | os.PathLike
+
+
+class SignatureMismatchError(ValueError):
+    """A signature does not fit the model (missing key, wrong shape, other architecture)."""
+
+
+def _as_signature(sig: SigLike) -> Signature:
+    return sig if isinstance(sig, Signature) else load_signature(sig)
+
+
+def check_compatible(model_state: Mapping[str, torch.Tensor], sig: Signature) -> None:
+    """Only the kept keys must match: a signature from another dataset (other head) is fine."""
+    arch = f" (signature architecture: {sig.arch_name or '?'})"
+    for k, v in list(sig.rws.items()) + list(sig.stats.items()):
+        if k not in model_state:
+            raise SignatureMismatchError(
+                f"{sig.name}: parameter {k!r} does not exist in the model{arch}; is this a signature "
+                f"for a different architecture?")
+        if tuple(model_state[k].shape) != tuple(v.shape):
+            raise SignatureMismatchError(
+                f"{sig.name}: parameter {k!r} has shape {tuple(v.shape)} in the signature but "
+                f"{tuple(model_state[k].shape)} in the model{arch}")
+        if k.endswith("num_batches_tracked"):
+            raise SignatureMismatchError(f"{sig.name}: {k!r} must never be patched")
+
+
+class Patcher:
+    """Apply/remove one or many signatures in place; also a context manager.
+
+    >>> with Patcher(model, [(sig_fog, 1.0), (sig_snow, 0.5)]):
+    ...     logits = model(x)          # patched
+    >>> # here model is bit-exactly the standard model again
+    """
+
+    def __init__(self, model: nn.Module, signatures: Sequence[tuple[SigLike, float]] | Sequence[SigLike],
+                 bn_policy: str | None = None) -> None:
+        if bn_policy is not None and bn_policy not in BN_POLICIES:
+            raise ValueError(f"bn_policy must be one of {BN_POLICIES} or None, got {bn_policy!r}")
+        self.model = model
+        self.bn_policy = bn_policy
+        self.signatures: list[tuple[Signature, float]] = []
+        for item in signatures:
+            sig, alpha = item if isinstance(item, tuple) else (item, 1.0)
+            self.signatures.append((_as_signature(sig), float(alpha)))
+        self._saved: dict[str, torch.Tensor] | None = None
+        # Backup buffers outlive remove(): re-allocating them on every apply costs page faults that
+        # dominate a patch/unpatch cycle (large tensors are mmap'ed fresh each time).
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    @property
+    def applied(self) -> bool:
+        return self._saved is not None
+
+    def _policy(self, sig: Signature) -> str:
+        return self.bn_policy or sig.bn_policy or "robust"
+
+    def _live_state(self) -> dict[str, torch.Tensor]:
+        # Parameters and buffers by name, sharing storage with the model (no copies).
+        state = {k: p.data for k, p in self.model.named_parameters()}
+        state.update({k: b for k, b in self.model.named_buffers() if b is not None})
+        return state
+
+    def _stash(self, key: str, live: torch.Tensor) -> torch.Tensor:
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != live.shape or buf.dtype != live.dtype or buf.device != live.device:
+            buf = self._buffers[key] = live.clone()
+        else:
+            buf.copy_(live)
+        return buf
+
+    def touched_keys(self) -> list[str]:
+        keys: dict[str, None] = {}
+        for sig, _ in self.signatures:
+            keys.update(dict.fromkeys(sig.rws))
+            if self._policy(sig) in ("robust", "recalibrate"):
+                keys.update(dict.fromkeys(sig.stats))
+        return list(keys)
+
+    @torch.no_grad()
+    def apply(self) -> nn.Module:
+        if self.applied:
+            raise RuntimeError("signatures already applied; call remove() first")
+        state = self._live_state()
+        for sig, _ in self.signatures:
+            check_compatible(state, sig)
+            if self.bn_policy == "robust" and not sig.stats and _stat_keys_of(self.model, sig.rws):
+                raise SignatureMismatchError(
+                    f"{sig.name}: bn_policy=robust but the signature carries no BN running statistics "
+                    f"(it was extracted with bn_policy={sig.bn_policy!r}); use bn_policy=std or re-extract")
+        self._saved = {k: self._stash(k, state[k]) for k in self.touched_keys()}
+        # Σα per stat key, and the robust sum, before touching anything: the mix needs pristine std stats.
+        stat_alpha: dict[str, float] = {}
+        stat_sum: dict[str, torch.Tensor] = {}
+        for sig, alpha in self.signatures:
+            for k, v in sig.rws.items():
+                state[k].add_(v.to(state[k].device, state[k].dtype), alpha=alpha)
+            if self._policy(sig) == "robust":
+                for k, v in sig.stats.items():
+                    stat_alpha[k] = stat_alpha.get(k, 0.0) + alpha
+                    term = v.to(state[k].device, torch.float64) * alpha
+                    stat_sum[k] = stat_sum[k] + term if k in stat_sum else term
+        for k, total in stat_alpha.items():
+            mixed = (1.0 - total) * self._saved[k].double() + stat_sum[k]
+            if k.endswith("running_var"):
+                mixed = mixed.clamp_min(0.0)
+            state[k].copy_(mixed.to(state[k].dtype))
+        return self.model
+
+    @torch.no_grad()
+    def remove(self) -> nn.Module:
+        if self._saved is None:
+            raise RuntimeError("nothing to remove: signatures are not applied")
+        state = self._live_state()
+        for k, v in self._saved.items():
+            state[k].copy_(v)
+        self._saved = None
+        return self.model
+
+    def recalibrate(self, batches: Iterable[Any]) -> nn.Module:
+        """Re-estimate the kept BN layers' running stats on ``batches`` (after ``apply``);
+        ``remove`` still restores the standard statistics."""
+        if not self.applied:
+            raise RuntimeError("apply() before recalibrate()")
+        keys = [k for sig, _ in self.signatures for k in list(sig.rws) + list(sig.stats)]
+        missing = [k for k in _stat_keys_of(self.model, keys) if k not in self._saved]
+        if missing:  # signatures without stored stats: save them now so remove() restores them
+            state = self._live_state()
+            self._saved.update({k: self._stash(k, state[k]) for k in missing})
+        return recalibrate_bn(self.model, batches, keys)
+
+    def __enter__(self) -> nn.Module:
+        return self.apply()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.applied:
+            self.remove()
+
+
+def _bn_modules_for(model: nn.Module, keys: Iterable[str]) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """BN modules that own one of ``keys`` (weight, bias or running stats)."""
+    owners = {k.rsplit(".", 1)[0] for k in keys}
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and name in owners and m.track_running_stats}
+
+
+def _stat_keys_of(model: nn.Module, keys: Iterable[str]) -> list[str]:
+    return [f"{n}.{s}" for n in _bn_modules_for(model, keys) for s in ("running_mean", "running_var")]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[Any], keys: Iterable[str]) -> nn.Module:
+    """Reset and re-estimate the running stats of the BN layers owning ``keys`` only.
+
+    momentum=None makes BN keep an exact cumulative average over the batches (no dependence on
+    the number of batches through an EMA). Every other module stays in eval mode, so no other
+    statistics move. Module modes, momenta and num_batches_tracked are restored afterwards.
+    ``batches`` yields tensors or (x, y) tuples of model inputs.
+    """
+    bns = _bn_modules_for(model, keys)
+    if not bns:
+        return model
+    modes = {m: m.training for m in model.modules()}
+    saved = {n: (m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for n, m in bns.items()}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        model.eval()
+        for m in bns.values():
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        seen = 0
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(device))
+            seen += 1
+        if seen == 0:
+            raise ValueError("recalibrate_bn got no batches")
+    finally:
+        for n, m in bns.items():
+            m.momentum, nbt = saved[n]
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
+        for m, mode in modes.items():
+            m.train(mode)
+    return model
+
+
+def apply_signatures(model: nn.Module, signatures: Sequence[tuple[SigLike, float]],
+                     bn_policy: str | None = None) -> Patcher:
+    """Apply and return the Patcher (call ``.remove()`` to undo)."""
+    patcher = Patcher(model, signatures, bn_policy=bn_policy)
+    patcher.apply()
+    return patcher
+
+
+def model_arch_hash(model: nn.Module) -> str:
+    return arch_hash(model.state_dict())
+
+
+def _build_base(spec: Mapping[str, Any]) -> nn.Module:
+    try:
+        from rws.weights.specs import build  # type: ignore[import-not-found]
+    except ImportError:
+        build = None
+    if build is not None:
+        return build(dict(spec))
+    if spec.get("kind") == "export":
+        from rws.weights.export import load_export
+
+        return load_export(spec["path"]).build()
+    raise ValueError(f"cannot build base spec {dict(spec)!r} without rws.weights.specs")
+
+
+def build_patch(spec: Mapping[str, Any]) -> nn.Module:
+    """``{kind: patch, base: <spec>, signatures: [{path, alpha}], bn_policy: robust|std}`` -> patched model.
+
+    The returned model is patched permanently (a fresh module; there is nothing to restore to)."""
+    if spec.get("kind", "patch") != "patch":
+        raise ValueError(f"build_patch needs kind=patch, got {spec.get('kind')!r}")
+    bn_policy = spec.get("bn_policy")
+    if bn_policy == "recalibrate":
+        raise ValueError("bn_policy=recalibrate needs data: use Patcher(...).recalibrate(batches)")
+    model = _build_base(spec["base"])
+    sigs = [(s["path"], float(s.get("alpha", 1.0))) if isinstance(s, Mapping) else (s, 1.0)
+            for s in spec.get("signatures", [])]
+    if not sigs:
+        raise ValueError("patch spec has no signatures")
+    Patcher(model, sigs, bn_policy=bn_policy).apply()
+    return model

@@ -1,0 +1,186 @@
+"""Signature extraction math, quantization, layer selection and the signature file format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rws.utils.io import save_safetensors, write_text
+from rws.weights.layer_select import fallback_groups, select_layers
+from rws.weights.quantize import SCALE, ZERO_POINT, dequantize_state, quantize_state, quantize_tensor
+from rws.weights.signature_io import Signature, arch_hash, load_signature, save_signature
+from rws.weights.signatures import blocks_for, extract_signature, layer_cosines, project_out
+
+
+def tiny_net(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3),
+                         nn.BatchNorm2d(5), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(5, num_classes))
+
+
+def perturbed(state: dict[str, torch.Tensor], seed: int, scale: float = 0.1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in state.items():
+        if v.is_floating_point():
+            noise = torch.randn(v.shape, generator=g) * scale
+            out[k] = (v + noise).abs() if k.endswith("running_var") else v + noise
+        else:
+            out[k] = v.clone()
+    return out
+
+
+@pytest.fixture()
+def triple() -> tuple[dict, dict, dict, list]:
+    init = {k: v.clone() for k, v in tiny_net().state_dict().items()}
+    std, rob = perturbed(init, 1), perturbed(init, 2)
+    return init, std, rob, fallback_groups(init)
+
+
+def test_project_out_closed_form() -> None:
+    # v=(3,4), b=(1,1): <v,b>/<b,b> = 7/2, residual = (3-3.5, 4-3.5)
+    assert torch.allclose(project_out(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 1.0])), torch.tensor([-0.5, 0.5]))
+    assert torch.equal(project_out(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 0.0])), torch.tensor([0.0, 2.0]))
+    # b = 0: nothing to project onto
+    assert torch.equal(project_out(torch.tensor([1.0, 2.0]), torch.zeros(2)), torch.tensor([1.0, 2.0]))
+
+
+def test_granularities_by_hand() -> None:
+    # Two one-layer tensors a (2 elems) and b (1 elem); v_base = (1,0 | 1), v_c = (1,1 | 3).
+    init = {"l.a": torch.zeros(2), "l.b": torch.zeros(1), "h.w": torch.zeros(1)}
+    std = {"l.a": torch.tensor([1.0, 0.0]), "l.b": torch.tensor([1.0]), "h.w": torch.zeros(1)}
+    rob = {"l.a": torch.tensor([1.0, 1.0]), "l.b": torch.tensor([3.0]), "h.w": torch.zeros(1)}
+    groups = [("l", ["l.a", "l.b"]), ("h", ["h.w"])]
+    per_t, _ = extract_signature(init, std, rob, ["l.a", "l.b"], "per_tensor", groups)
+    assert torch.allclose(per_t["l.a"], torch.tensor([0.0, 1.0])) and torch.allclose(per_t["l.b"], torch.tensor([0.0]))
+    # per_layer: v=(1,1,3), b=(1,0,1): coef = 4/2 = 2 -> (1-2, 1, 3-2) = (-1, 1, 1)
+    per_l, _ = extract_signature(init, std, rob, ["l.a", "l.b"], "per_layer", groups)
+    assert torch.allclose(per_l["l.a"], torch.tensor([-1.0, 1.0])) and torch.allclose(per_l["l.b"], torch.tensor([1.0]))
+    glob, _ = extract_signature(init, std, rob, ["l.a", "l.b"], "global", groups)
+    assert torch.allclose(glob["l.a"], per_l["l.a"])  # one layer kept: global == per_layer
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_layer", "global"])
+def test_residual_orthogonal_per_block(triple, granularity: str) -> None:
+    init, std, rob, groups = triple
+    keys = [k for k in init if not k.endswith("num_batches_tracked")]
+    rws, stats = extract_signature(init, std, rob, keys, granularity, groups)
+    wkeys = list(rws)
+    assert set(stats) == {k for k in keys if k.endswith(("running_mean", "running_var"))}
+    for k, v in stats.items():
+        assert torch.equal(v, rob[k])  # robust stats carried as they are
+    for block in blocks_for(wkeys, granularity, groups):
+        r = torch.cat([rws[k].double().flatten() for k in block])
+        b = torch.cat([(std[k] - init[k]).double().flatten() for k in block])
+        assert abs(float(r @ b)) <= 1e-5 * float(r.norm() * b.norm())
+
+
+def test_zero_base_block_left_unprojected(triple) -> None:
+    init, _, rob, groups = triple
+    rws, _ = extract_signature(init, init, rob, ["0.weight"], "per_tensor", groups)
+    assert torch.allclose(rws["0.weight"], rob["0.weight"] - init["0.weight"])
+
+
+def test_layer_cosines_self_is_one(triple) -> None:
+    init, std, rob, groups = triple
+    keys = [k for k in init if not k.endswith("num_batches_tracked")]
+    r1, _ = extract_signature(init, std, rob, keys, "per_tensor", groups)
+    cos = layer_cosines({"a": r1, "b": {k: -v for k, v in r1.items()}}, groups)
+    assert cos["0"]["a"]["a"] == pytest.approx(1.0) and cos["__all__"]["a"]["b"] == pytest.approx(-1.0)
+
+
+def test_layer_selection() -> None:
+    groups = [("conv1", ["c1.weight", "c1.bias", "bn1.running_mean", "bn1.num_batches_tracked"]),
+              ("conv2", ["c2.weight"]), ("head", ["fc.weight"])]
+    keys = [k for _, g in groups for k in g]
+    names, kept = select_layers(groups, keys, k=2)
+    assert names == ["conv1", "conv2"] and "fc.weight" not in kept
+    assert "bn1.num_batches_tracked" not in kept and "bn1.running_mean" in kept
+    with pytest.raises(ValueError, match="non-head"):
+        select_layers(groups, keys, k=3)  # the head is never a shallow layer
+    assert select_layers(groups, keys, k="all")[1] == [k for k in keys if "num_batches" not in k]
+    assert select_layers(groups, keys, names=["conv2"])[1] == ["c2.weight"]
+    assert select_layers(groups, keys, regex=r"^c\d\.weight$")[1] == ["c1.weight", "c2.weight"]
+    with pytest.raises(ValueError, match="unknown layer"):
+        select_layers(groups, keys, names=["nope"])
+
+
+def test_quantize_8bit_error_bound() -> None:
+    g = torch.Generator().manual_seed(0)
+    for t in (torch.randn(1000, generator=g) * 3 + 1, torch.rand(64, generator=g) * 1e-3, torch.full((5,), 0.25)):
+        q = quantize_tensor("w", t, 8)
+        assert q["w"].dtype == torch.uint8 and set(q) == {"w", "w" + SCALE, "w" + ZERO_POINT}
+        back = dequantize_state(q)["w"]
+        scale = float(q["w" + SCALE])
+        assert (back - t).abs().max() <= scale / 2 * (1 + 1e-4) + 1e-7 * float(t.abs().max())
+
+
+def test_quantize_16_and_32() -> None:
+    t = torch.randn(100)
+    q16 = quantize_state({"w": t}, 16)
+    assert q16["w"].dtype == torch.float16
+    assert torch.equal(dequantize_state(q16)["w"], t.half().float())
+    assert torch.equal(dequantize_state(quantize_state({"w": t}, 32))["w"], t)
+    with pytest.raises(ValueError):
+        quantize_tensor("w", t, 4)
+
+
+@pytest.mark.parametrize("bits", [32, 16, 8])
+def test_signature_file_round_trip(tmp_path: Path, triple, bits: int) -> None:
+    init, std, rob, groups = triple
+    keys = ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"]
+    rws, stats = extract_signature(init, std, rob, keys, "per_layer", groups)
+    sig = Signature(rws=rws, stats=stats, layers=["0", "1"], granularity="per_layer", bits=bits,
+                    corruption="fog", severity="5", bn_policy="robust", arch_name="tiny",
+                    arch_hash=arch_hash(std), model_cfg={"name": "tiny"},
+                    sources={"std": {"path": "x", "sha256": "0" * 64}})
+    path = save_signature(tmp_path / "fog.safetensors", sig)
+    back = load_signature(path)
+    assert back.path == path and back.corruption == "fog" and back.bits == bits and back.severity == "5"
+    assert back.layers == ["0", "1"] and back.arch_hash == arch_hash(std) and back.sources == sig.sources
+    assert list(back.rws) == list(rws) and list(back.stats) == list(stats)
+    for k, v in stats.items():
+        assert torch.equal(back.stats[k], v)  # stats always full precision
+    for k, v in rws.items():
+        if bits == 32:
+            assert torch.equal(back.rws[k], v)
+        elif bits == 16:
+            assert torch.equal(back.rws[k], v.half().float())
+        else:
+            assert torch.allclose(back.rws[k], v, atol=float(v.max() - v.min()) / 255 / 2 * 1.001 + 1e-7)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        assert meta["format"] == "rws-signature-v1" and json.loads(meta["keys"]) == list(rws)
+        assert (bits == 8) == ("0.weight" + SCALE in f.keys())
+
+
+def _write_export(path: Path, state: dict[str, torch.Tensor]) -> Path:
+    save_safetensors(state, path / "model.safetensors", metadata={"format": "rws-export-v1"})
+    write_text(path / "model.yaml", "_target_: rws.models.create_model\nname: __handmade__\nnum_classes: 3\n")
+    return path
+
+
+def test_extract_stage_end_to_end(tmp_path: Path, triple) -> None:
+    from rws.stages.extract import extract_all
+
+    init, std, rob, _ = triple
+    rob2 = perturbed(init, 3)
+    paths = {n: _write_export(tmp_path / n, sd) for n, sd in
+             [("init", init), ("std", std), ("fog", rob), ("snow", rob2)]}
+    summary = extract_all(str(paths["init"]), str(paths["std"]), {"fog": str(paths["fog"]), "snow": str(paths["snow"])},
+                          tmp_path / "sigs", layers={"k": 1}, granularity="per_tensor", bits=16, bn_policy="robust")
+    assert summary["layers"] == ["0"]
+    sig = load_signature(tmp_path / "sigs" / "fog.safetensors")
+    assert set(sig.rws) == {"0.weight", "0.bias"}
+    assert sig.bits == 16 and sig.bn_policy == "robust"
+    assert sig.sources["robust"]["path"].endswith("fog") and len(sig.sources["std"]["sha256"]) == 64
+    analysis = json.loads((tmp_path / "sigs" / "analysis.json").read_text())
+    assert set(analysis["relative_norm"]) == {"fog", "snow"} and "8" in analysis["relative_norm_mean"]
+    assert analysis["cosine"]["0"]["fog"]["fog"] == pytest.approx(1.0)
