@@ -83,8 +83,8 @@ def test_init_mismatch_lists_keys(tmp_path: Path) -> None:
         load_init(other, tmp_path / "nothing")
 
 
-def _train(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "train.py", "trainer=cpu", "trainer.max_epochs=1", "data.subset_per_class=20",
+def _train(tmp: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "train.py", *(["-m"] if multirun else []), "trainer=cpu", "trainer.max_epochs=1", "data.subset_per_class=20",
            f"paths.output_dir={tmp}", *overrides]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
@@ -112,7 +112,7 @@ def test_train_exports_and_resumes(tmp_path: Path) -> None:
 
 
 def test_multirun_makes_distinct_runs(tmp_path: Path) -> None:
-    p = _train(tmp_path, "-m", "seed=0,1")
+    p = _train(tmp_path, "seed=0,1", multirun=True)
     assert p.returncode == 0, p.stderr[-3000:]
     exports = sorted(tmp_path.rglob("export/model.safetensors"))
     assert len(exports) == 2 and exports[0].parent != exports[1].parent
