@@ -7,7 +7,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: on a loaded 2-core box, two threads per process made small ops up to 100x slower.
+torch.set_num_threads(1)
 # wandb must never try to reach a server from the test suite.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

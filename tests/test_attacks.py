@@ -1,0 +1,285 @@
+"""rws.attacks: threat models, exact l1-box projection, training attacks, module modes, evaluation."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from rws.attacks import (FGSMRS, L1APGD, NFGSM, PGD, ThreatModel, TorchattacksPGD, build_attack,
+                         default_eps, module_modes, parse_threats, preserve_modes, project_l1_box)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: a second intra-op thread only adds synchronization, which costs
+    seconds per test when other processes load the CPUs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----- a tiny trained model on a separable synthetic problem ------------------------------------
+
+K, SHAPE = 4, (3, 8, 8)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.1))
+        self.head = nn.Linear(32, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.randint(0, 2, (K, *SHAPE), generator=g).float() * 2 - 1  # fixed class means
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, K, (n,), generator=g)
+    x = 0.5 + 0.06 * patterns[y] + 0.12 * torch.randn(n, *SHAPE, generator=g)
+    return x.clamp(0, 1), y
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = TinyNet()
+    x, y = blobs(1024, 1)
+    opt = torch.optim.Adam(model.parameters(), 1e-2, foreach=False)  # foreach is slow for tiny models on CPU
+    for step in range(120):
+        idx = torch.randint(0, len(x), (128,))
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    xt, yt = blobs(128, 2)
+    return model, xt, yt
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad(), preserve_modes(model, "eval"):
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+# ----- threat models ------------------------------------------------------------------------------
+
+def test_default_eps_and_parsing() -> None:
+    assert default_eps("linf", "cifar") == pytest.approx(8 / 255)
+    assert default_eps("l2", "cifar", "train") == 0.5
+    assert default_eps("l2", "cifar", "eval") == pytest.approx(128 / 255)
+    assert default_eps("L1", "cifar") == 12
+    assert default_eps("Linf", "imagenet") == pytest.approx(4 / 255)
+    assert default_eps("l2", "imagenet") == 4 and default_eps("l1", "imagenet") == 255
+    assert ThreatModel("Linf", "8/255") == ThreatModel("linf", 8 / 255)
+    ts = parse_threats([{"norm": "inf", "eps": None}, {"norm": 2, "eps": 1.0}, "l1"], "imagenet")
+    assert [(t.norm, t.eps) for t in ts] == [("linf", pytest.approx(4 / 255)), ("l2", 1.0), ("l1", 255.0)]
+    with pytest.raises(ValueError):
+        ThreatModel("l3", 1.0)
+    with pytest.raises(ValueError):
+        build_attack({"norm": "l1", "eps": 1.0}, attack="fgsm_rs")
+
+
+# ----- the l1-box projection --------------------------------------------------------------------
+
+def _qp_projection(x: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
+    """Reference: the projection as a smooth QP in (p, n) with d = p - n, solved by SLSQP."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    xv, zv = x.double().numpy(), z.double().numpy()
+    d = len(zv)
+    obj = lambda v: float(((v[:d] - v[d:] - zv) ** 2).sum())
+    jac = lambda v: np.concatenate([2 * (v[:d] - v[d:] - zv), -2 * (v[:d] - v[d:] - zv)])
+    bounds = [(0, 1 - xi) for xi in xv] + [(0, xi) for xi in xv]
+    cons = [{"type": "ineq", "fun": lambda v: eps - v.sum(), "jac": lambda v: -np.ones(2 * d)}]
+    best = None
+    for start in (np.zeros(2 * d), np.concatenate([np.clip(zv, 0, None), np.clip(-zv, 0, None)]) * 0.1):
+        r = minimize(obj, start, jac=jac, bounds=bounds, constraints=cons, method="SLSQP",
+                     options={"ftol": 1e-14, "maxiter": 500})
+        if best is None or r.fun < best.fun:
+            best = r
+    return torch.from_numpy(best.x[:d] - best.x[d:])
+
+
+def test_l1_box_projection_exact_against_qp() -> None:
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        d = 1 + trial % 4
+        x = torch.rand(d, generator=g, dtype=torch.float64)
+        if trial % 3 == 0:
+            x[0] = 0.0 if trial % 2 else 1.0  # points on the box faces
+        z = torch.randn(d, generator=g, dtype=torch.float64) * 0.8
+        eps = float(torch.rand(1, generator=g)) * 1.2 + 0.05
+        ours = project_l1_box(x[None], z[None], eps)[0]
+        ref = _qp_projection(x, z, eps)
+        # Both feasible, and ours is at least as close (it is the unique minimizer).
+        assert ours.abs().sum() <= eps + 1e-9
+        assert ((x + ours) >= -1e-12).all() and ((x + ours) <= 1 + 1e-12).all()
+        assert torch.allclose(ours, ref, atol=1e-5), (x, z, eps, ours, ref)
+        assert (ours - z).norm() <= (ref - z).norm() + 1e-9
+
+
+def test_l1_box_projection_beats_random_feasible_points() -> None:
+    g = torch.Generator().manual_seed(1)
+    x, z, eps = torch.rand(1, 3, generator=g), torch.randn(1, 3, generator=g), 0.7
+    p = project_l1_box(x, z, eps)
+    dist = (p - z).norm()
+    # Dense search over the box, keeping points inside the l1 ball.
+    grid = torch.linspace(0, 1, 41)
+    pts = torch.cartesian_prod(grid, grid, grid) - x
+    pts = pts[pts.abs().sum(1) <= eps]
+    assert dist <= (pts - z).norm(dim=1).min() + 1e-6
+
+
+def test_l1_box_projection_idempotent_and_feasible() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(6, *SHAPE, generator=g)
+    for scale, eps in [(0.05, 12.0), (1.0, 12.0), (1.0, 1.0), (3.0, 500.0)]:
+        z = torch.randn(6, *SHAPE, generator=g) * scale
+        p = project_l1_box(x, z, eps)
+        assert (p.flatten(1).abs().sum(1) <= eps + 1e-5).all()
+        assert ((x + p) >= 0).all() and ((x + p) <= 1).all()
+        assert torch.allclose(project_l1_box(x, p, eps), p, atol=1e-6)
+    # Per-sample radii.
+    eps_b = torch.tensor([0.5, 1, 2, 4, 8, 16.0])
+    p = project_l1_box(x, torch.randn(6, *SHAPE, generator=g), eps_b)
+    assert (p.flatten(1).abs().sum(1) <= eps_b + 1e-5).all()
+
+
+# ----- training attacks ---------------------------------------------------------------------------
+
+ATTACK_CASES = [
+    ("pgd", {"norm": "linf", "eps": 0.1}),
+    ("pgd", {"norm": "l2", "eps": 1.0}),
+    ("pgd", {"norm": "l1", "eps": 12.0}),
+    ("torchattacks", {"norm": "linf", "eps": 0.1}),
+    ("torchattacks", {"norm": "l2", "eps": 1.0}),
+    ("fgsm_rs", {"norm": "linf", "eps": 0.1}),
+    ("n_fgsm", {"norm": "linf", "eps": 0.1}),
+]
+
+
+@pytest.mark.parametrize("attack,threat", ATTACK_CASES)
+def test_attack_respects_threat_and_lowers_accuracy(trained, attack: str, threat: dict) -> None:
+    model, x, y = trained
+    atk = build_attack(threat, attack=attack, steps=10, generator=torch.Generator().manual_seed(0))
+    x_adv = atk(model, x, y)
+    t = ThreatModel.from_config(threat)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert (x_adv >= 0).all() and (x_adv <= 1).all()
+    norms = t.norm_of(x_adv - x)
+    # N-FGSM deliberately skips the projection: its perturbation is bounded by noise + step = 3 eps.
+    bound = 3 * t.eps if attack == "n_fgsm" else t.eps
+    assert (norms <= bound * (1 + 1e-6) + 1e-5).all(), norms.max()
+    clean, adv = accuracy(model, x, y), accuracy(model, x_adv, y)
+    assert clean > 0.9
+    assert adv < clean - 0.4, (attack, threat, clean, adv)
+
+
+def test_l1_apgd_small_eps_stays_in_ball(trained) -> None:
+    model, x, y = trained
+    for eps in (0.5, 3.0):
+        x_adv = L1APGD({"norm": "l1", "eps": eps}, steps=8, generator=torch.Generator().manual_seed(0))(model, x, y)
+        assert ((x_adv - x).flatten(1).abs().sum(1) <= eps + 1e-5).all()
+        assert (x_adv >= 0).all() and (x_adv <= 1).all()
+        # Sparse by design: far fewer coordinates move than a dense attack would.
+        assert ((x_adv - x).abs() > 0).flatten(1).float().mean() < 0.9
+
+
+def test_attacks_reproducible_with_generator(trained) -> None:
+    model, x, y = trained
+    for cls, threat in [(PGD, {"norm": "l2", "eps": 1.0}), (L1APGD, {"norm": "l1", "eps": 5.0}),
+                        (FGSMRS, {"norm": "linf", "eps": 0.05}), (NFGSM, {"norm": "linf", "eps": 0.05})]:
+        kw = {"steps": 3} if cls in (PGD, L1APGD) else {}
+        a = cls(threat, generator=torch.Generator().manual_seed(3), **kw)(model, x[:32], y[:32])
+        b = cls(threat, generator=torch.Generator().manual_seed(3), **kw)(model, x[:32], y[:32])
+        assert torch.equal(a, b), cls
+
+
+def _mixed_modes(model: nn.Module) -> dict[str, bool]:
+    model.train()
+    model.body[2].eval()  # BN frozen, as when fine-tuning with frozen statistics
+    return module_modes(model)
+
+
+@pytest.mark.parametrize("model_mode", ["eval", "train"])
+def test_every_attack_preserves_module_modes(trained, model_mode: str) -> None:
+    model, x, y = trained
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    attacks = [build_attack(th, attack=a, steps=2, model_mode=model_mode) for a, th in ATTACK_CASES]
+    try:
+        for atk in attacks:
+            expected = _mixed_modes(model)
+            atk(model, x[:16], y[:16])
+            assert module_modes(model) == expected, atk
+            assert all(p.grad is None for p in model.parameters()), "attacks must not touch parameter grads"
+            if model_mode == "eval":  # eval-mode attacks leave BN running statistics untouched
+                assert all(torch.equal(before_state[k], v) for k, v in model.state_dict().items())
+    finally:
+        model.load_state_dict(before_state)
+        model.eval()
+
+
+def test_eval_preserves_modes_and_global_rng(trained) -> None:
+    from rws.attacks.evaluate import robust_correct
+
+    model, x, y = trained
+    expected = _mixed_modes(model)
+    torch.manual_seed(123)
+    r0 = torch.rand(1)
+    torch.manual_seed(123)
+    robust_correct(model, x[:8], y[:8], ThreatModel("linf", 0.02), n_iter=2)
+    assert torch.equal(torch.rand(1), r0), "evaluation must not reseed the caller's RNG"
+    assert module_modes(model) == expected
+    model.eval()
+
+
+def test_torchattacks_device_from_input(trained) -> None:
+    model, x, y = trained
+    atk = TorchattacksPGD({"norm": "linf", "eps": 0.05}, steps=2)
+    assert atk(model, x[:4], y[:4]).device == x.device
+
+
+# ----- evaluation -----------------------------------------------------------------------------
+
+def test_robust_and_union_correct(trained) -> None:
+    from rws.attacks.evaluate import evaluate_threats, robust_correct, union_correct
+
+    model, x, y = trained
+    x, y = x[:32], y[:32]
+    threats = [ThreatModel("linf", 0.03), ThreatModel("l1", 4.0)]
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    per = [robust_correct(model, x, y, t, n_iter=4) for t in threats]
+    for r in per:
+        assert r.dtype == torch.bool and r.shape == (32,)
+        assert not (r & ~clean).any(), "misclassified clean points are never robust"
+    union = union_correct(model, x, y, threats, n_iter=4)
+    for r in per:
+        assert not (union & ~r).any()
+        assert union.sum() <= r.sum()
+    res = evaluate_threats(model, (x[:16], y[:16]), [ThreatModel("linf", 0.03), ThreatModel("l2", 0.4)],
+                           attacks=("apgd-ce",), n_iter=4, batch_size=8, progress=False)
+    assert set(res) == {"clean", "linf", "l2", "union", "n"} and res["n"] == 16
+    assert res["union"] <= min(res["linf"], res["l2"]) <= res["clean"]
+    # A large radius breaks this weakly separated problem.
+    big = robust_correct(model, x[:16], y[:16], ThreatModel("linf", 0.2), attacks=("apgd-ce",), n_iter=4)
+    assert big.float().mean() < 0.2
+
+
+def test_l1_apgd_close_to_pyautoattack(trained) -> None:
+    """Our training l1-APGD should be about as strong as the official one at equal budget."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    model, x, y = trained
+    eps = 3.0
+    ours = L1APGD({"norm": "l1", "eps": eps}, steps=40, generator=torch.Generator().manual_seed(0))(model, x, y)
+    ref = APGDAttack(model, n_iter=40, norm="L1", eps=eps, loss="ce", device=x.device).perturb(x, y)
+    assert accuracy(model, ours, y) <= accuracy(model, ref, y) + 0.05
