@@ -60,12 +60,15 @@ def test_severity_monotone(natural: torch.Tensor, table: str) -> None:
     glass blur's larger sigma at equal iterations smooths the scramble back; CIFAR frost 3->4
     lowers the image weight under the same frost weight; CIFAR spatter 3->4 switches from water
     to mud; CIFAR elastic's affine jitter shrinks from 2.6 px to 1 px as severity rises.
+    ImageNet snow 2->3 (threshold 0.5 -> 0.9: fewer, larger flakes) is level within sampling
+    noise: imagecorruptions itself gives a ratio of 0.95-1.08 over numpy seeds 0-5 on these
+    crops, and the draw decides the sign.
     """
     exceptions = {
         "cifar": {("saturate", 3), ("glass_blur", 3), ("glass_blur", 5), ("frost", 4), ("spatter", 4),
                   ("elastic_transform", 2), ("elastic_transform", 3), ("elastic_transform", 4),
                   ("elastic_transform", 5)},
-        "imagenet": {("saturate", 3), ("glass_blur", 2), ("glass_blur", 4)},
+        "imagenet": {("saturate", 3), ("glass_blur", 2), ("glass_blur", 4), ("snow", 3)},
     }[table]
     bad = []
     for name in CORRUPTIONS:
@@ -161,3 +164,106 @@ def test_motion_blur_kernel_matches_reference_helper() -> None:
         ref = icc._motion_blur(im.copy(), radius, sigma, angle)
         ours = ops.motion_blur(t, radius, sigma, torch.tensor([angle]))[0].permute(1, 2, 0).numpy()
         assert np.abs(ref - ours).mean() < 1e-3
+
+
+# ----------------------------------------------------------------------------- fast paths
+def test_shot_noise_table_inversion_is_exact() -> None:
+    """Table lookup + CDF fix-up = plain inversion X = #{k : F(k; lam) < u}, value for value."""
+    from rws.corruptions.noise import poisson_from_uniform
+
+    g = torch.Generator().manual_seed(0)
+    lam = torch.cat([torch.rand(200_000, generator=g) * 31.99, torch.tensor([0.0, 1 / 128, 12.0, 31.99])])
+    lam = lam.float()
+    u = torch.rand(len(lam), generator=g)
+    u[:4] = torch.tensor([0.0, 0.999999, 0.5, 1 - 2 ** -24])
+    ours = poisson_from_uniform(lam, u)
+    k = torch.arange(200, dtype=torch.float64)
+    l64 = lam.double().view(-1, 1)
+    cdf = torch.exp(torch.xlogy(k, l64) - l64 - torch.lgamma(k + 1)).cumsum(1)
+    ref = (cdf < u.double().view(-1, 1)).sum(1).float()
+    assert torch.equal(ours, ref), int((ours != ref).sum())
+
+
+@pytest.mark.parametrize("lam", [0.05, 1.0, 7.3, 12.0, 31.5, 45.0])
+def test_shot_noise_is_poisson(lam: float) -> None:
+    from rws.corruptions.noise import shot_noise
+
+    n = 300_000
+    y = shot_noise(torch.full((n,), lam / 12.0), 12.0, torch.Generator().manual_seed(1), "imagenet") * 12
+    assert torch.equal(y, y.round())
+    assert abs(float(y.mean()) - lam) < 5 * (lam / n) ** 0.5
+    assert abs(float(y.var()) / lam - 1) < 0.02
+    k = torch.arange(int(lam + 6 * lam ** 0.5 + 3), dtype=torch.float64)
+    pmf = torch.exp(torch.xlogy(k, torch.tensor(lam, dtype=torch.float64)) - lam - torch.lgamma(k + 1))
+    obs = torch.stack([(y == v).sum() for v in k]).double()
+    keep = pmf * n >= 20
+    z = (obs[keep] - n * pmf[keep]) / (n * pmf[keep]).sqrt()
+    assert z.abs().max() < 5, z
+
+
+@pytest.mark.parametrize("c", [0.01, 0.09, 0.27, 0.6])
+def test_impulse_noise_rates(c: float) -> None:
+    from rws.corruptions.noise import impulse_noise
+
+    x = torch.full((64, 3, 32, 32), 0.5)
+    y = impulse_noise(x, c, torch.Generator().manual_seed(2), "imagenet")
+    hit = (y != 0.5).double().view(-1)
+    n = hit.numel()
+    assert abs(float(hit.mean()) - c) < 5 * (c * (1 - c) / n) ** 0.5
+    assert abs(float((y == 1).sum() / hit.sum()) - 0.5) < 5 * (0.25 / float(hit.sum())) ** 0.5
+    # Independent positions: neighbours are both hit with probability c^2.
+    both = float((hit[1:] * hit[:-1]).mean())
+    assert abs(both - c * c) < 5 * (c * c / n) ** 0.5 + 1e-4
+    assert set(torch.unique(y).tolist()) <= {0.0, 0.5, 1.0}
+
+
+@pytest.mark.parametrize("table", ["cifar", "imagenet"])
+def test_defocus_lowrank_equals_dense_filter(table: str) -> None:
+    from rws.corruptions import ops
+    from rws.corruptions.blur import _disk, defocus_blur
+    from rws.corruptions.params import params
+
+    for sev in range(1, 6):
+        c = params("defocus_blur", sev, table)
+        for shape in [(4, 3, 32, 32), (2, 3, 40, 36), (1, 3, 9, 12)]:
+            x = torch.rand(*shape, dtype=torch.float64)
+            dense = ops.conv2d_same(x, _disk(float(c[0]), float(c[1])), "reflect101")
+            assert (defocus_blur(x, c, None, table) - dense).abs().max() < 1e-6
+
+
+def test_motion_blur_batch_matches_reference_helper() -> None:
+    """Sorted-run application with a different angle per sample = per-image shift-and-add."""
+    icc = pytest.importorskip("imagecorruptions.corruptions")
+    from rws.corruptions import ops
+
+    rng = np.random.default_rng(1)
+    ims = (rng.random((12, 32, 32, 3)) * 255).astype(np.float32)
+    t = torch.from_numpy(ims).permute(0, 3, 1, 2).contiguous()
+    for radius, sigma, lo, hi in [(15, 8, -45, 45), (12, 8, -135, -45), (20, 15, -180, 180)]:
+        angles = torch.from_numpy(rng.uniform(lo, hi, len(ims)))
+        angles[1] = angles[0]  # equal angles share runs
+        ours = ops.motion_blur(t, radius, sigma, angles).permute(0, 2, 3, 1).numpy()
+        for i in range(len(ims)):
+            ref = icc._motion_blur(ims[i].copy(), radius, sigma, float(angles[i]))
+            assert np.abs(ref - ours[i]).mean() < 1e-3, (radius, i)
+
+
+def test_spatter_bit_distance_equals_dilation_distance() -> None:
+    from rws.corruptions.weather import _distance, _distance_bits, _edges
+
+    g = torch.Generator().manual_seed(3)
+    for p in [0.0, 0.002, 0.02, 0.3]:
+        for shape in [(8, 1, 32, 32), (3, 1, 40, 36), (2, 1, 5, 62)]:
+            m = torch.rand(shape, generator=g) < p
+            e = _edges(m) if p > 0.2 else m
+            assert torch.equal(_distance(e), _distance_bits(e)), (p, shape)
+
+
+def test_pad_replicate_equals_f_pad() -> None:
+    from rws.corruptions import ops
+
+    for shape, ph, pw in [((2, 3, 32, 32), (21, 21), (0, 30)), ((2, 1, 5, 7), (0, 9), (12, 0)),
+                          ((1, 2, 4, 4), (0, 0), (0, 0))]:
+        x = torch.rand(shape)
+        ref = torch.nn.functional.pad(x, (pw[0], pw[1], ph[0], ph[1]), mode="replicate")
+        assert torch.equal(ops.pad_replicate(x, ph, pw), ref)

@@ -84,4 +84,8 @@ def corrupt(x: Tensor, name: str, severity: int, table: str = "cifar",
     work = x.detach().to(torch.float32) if x.dtype != torch.float64 else x.detach()
     with torch.no_grad():
         y = _FUNCS[key](work, c, generator, table)
+    # Clamp in place when the result is a fresh buffer (not the input or a view of it).
+    if y.untyped_storage().data_ptr() not in (work.untyped_storage().data_ptr(),
+                                              x.untyped_storage().data_ptr()):
+        return y.clamp_(0, 1).to(x.dtype)
     return y.clamp(0, 1).to(x.dtype)

@@ -1,7 +1,8 @@
 """Shared batched tensor helpers: border handling, filters, resampling matrices, HSV, RNG.
 
-All functions take ``(B, C, H, W)`` float tensors. Borders are done by index gathering instead
-of ``F.pad`` so that any pad width works (ImageNet-sized kernels on 32 px images).
+All functions take ``(B, C, H, W)`` float tensors. Borders work for any pad width (ImageNet-sized
+kernels on 32 px images): edge replication by block copies, reflect-101 by ``F.pad`` when the pad
+is smaller than the image and by index gathering otherwise.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ Tensor = torch.Tensor
 
 
 # ----------------------------------------------------------------------------- randomness
+# All draws come from the (CPU) torch generator in sequence, so a seed gives the same numbers on
+# any device and, for per-value draws, whatever the batch split (write_corrupted_arrays relies on
+# it). numpy's PCG64 makes uniforms ~2-3x faster, but seeding it once per call from the torch
+# generator would tie the images to the batch boundaries, so it is not used.
 def rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
     # Drawn on the CPU so a seed gives the same numbers whichever device the images live on.
     return torch.rand(shape, generator=generator, dtype=torch.float32).to(device)
 
 
-def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
+          scale: float = 1.0) -> Tensor:
+    """Normals with standard deviation ``scale`` (the scaling fused into the draw)."""
+    out = torch.empty(shape, dtype=torch.float32)
+    return out.normal_(0.0, scale, generator=generator).to(device)
 
 
 def uniform(shape: tuple[int, ...], lo: float, hi: float, generator: torch.Generator | None,
@@ -57,8 +65,32 @@ def border_index(n: int, before: int, after: int, mode: str, device: torch.devic
     raise ValueError(f"unknown border mode {mode!r}")
 
 
+def pad_replicate(x: Tensor, ph: tuple[int, int], pw: tuple[int, int]) -> Tensor:
+    """Edge-replicating pad of (..., H, W) by block copies (centre, edge columns, edge rows),
+    several times faster on the CPU than F.pad's replication kernel or index gathers."""
+    h, w = x.shape[-2:]
+    (t, bo), (le, ri) = ph, pw
+    out = x.new_empty(*x.shape[:-2], h + t + bo, w + le + ri)
+    out[..., t:t + h, le:le + w] = x
+    if le:
+        out[..., t:t + h, :le] = x[..., :, :1]
+    if ri:
+        out[..., t:t + h, le + w:] = x[..., :, w - 1:]
+    if t:
+        out[..., :t, :] = out[..., t:t + 1, :]
+    if bo:
+        out[..., t + h:, :] = out[..., t + h - 1:t + h, :]
+    return out
+
+
 def pad2d(x: Tensor, ph: tuple[int, int], pw: tuple[int, int], mode: str) -> Tensor:
     h, w = x.shape[-2:]
+    if mode == "replicate":
+        return pad_replicate(x, ph, pw)
+    if x.dim() == 4 and x.is_floating_point() and mode == "reflect101" and max(ph) < h and max(pw) < w:
+        # F.pad's native kernel is much faster than index_select along the last axis; its
+        # 'reflect' is reflect-101 and needs pads < size.
+        return F.pad(x, (pw[0], pw[1], ph[0], ph[1]), mode="reflect")
     x = x.index_select(-2, border_index(h, ph[0], ph[1], mode, x.device))
     return x.index_select(-1, border_index(w, pw[0], pw[1], mode, x.device))
 
@@ -122,9 +154,8 @@ def conv2d_same(x: Tensor, kernel: Tensor, mode: str = "reflect101") -> Tensor:
         # A few shifted adds beat conv2d on thousands of single-channel planes.
         y = pad2d(x, ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), mode)
         out = torch.zeros_like(x)
-        for i in range(kh):
-            for j in range(kw):
-                out += kernel[i, j] * y[..., i:i + h, j:j + w]
+        for i, j in torch.nonzero(kernel).tolist():
+            out.add_(y[..., i:i + h, j:j + w], alpha=float(kernel[i, j]))
         return out
     return fft_correlate(pad2d(x, ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), mode),
                          kernel.view(1, 1, kh, kw))
@@ -195,11 +226,38 @@ def _zoom_matrix(n: int, zoom: float, trim: str) -> Tensor:
 
 def apply_separable(x: Tensor, mh: Tensor, mw: Tensor) -> Tensor:
     """Apply row matrix ``mh`` (H_out, H) and column matrix ``mw`` (W_out, W) to every channel."""
-    # Two flat GEMMs; broadcasting a small matrix against a (B, C, H, W) batch is much slower.
+    # One flat GEMM over all rows, then one batched (H_out, H) @ (H, W_out) product per plane:
+    # no transposed copies, contiguous output.
     b, c, h, w = x.shape
-    y = (x.reshape(-1, w) @ mw.to(x).T).reshape(b, c, h, -1)
-    y = y.transpose(2, 3).reshape(-1, h) @ mh.to(x).T
-    return y.reshape(b, c, -1, mh.shape[0]).transpose(2, 3)
+    y = (x.reshape(-1, w) @ mw.to(x).T).view(b * c, h, -1)
+    return torch.matmul(mh.to(x), y).view(b, c, mh.shape[0], -1)
+
+
+def apply_lowrank(x: Tensor, mh_cat: Tensor, mw_cat: Tensor) -> Tensor:
+    """sum_r A_r X B_r^T for every plane X, from ``mh_cat`` = [A_r rows interleaved]: (H_out, H*R)
+    with column index h*R + r, and ``mw_cat`` = (W, R*W_out) with column index r*W_out + j.
+
+    A rank-R separable expansion of a 2-D filter (including its border rule) in two GEMMs.
+    """
+    b, c, h, w = x.shape
+    r = mh_cat.shape[1] // h
+    y = (x.reshape(-1, w) @ mw_cat.to(x)).view(b * c, h * r, -1)
+    return torch.matmul(mh_cat.to(x), y).view(b, c, mh_cat.shape[0], -1)
+
+
+def lowrank_operators(kernel: Tensor, h: int, w: int, mode: str, rtol: float = 1e-9) -> tuple[Tensor, Tensor]:
+    """(mh_cat, mw_cat) for :func:`apply_lowrank` equal to the 2-D correlation with ``kernel``
+    on (h, w) images with the ``mode`` border (SVD; terms below ``rtol`` of the largest dropped)."""
+    k = kernel.double().cpu()
+    u, s, vh = torch.linalg.svd(k)
+    rank = max(1, int((s > s[0] * rtol).sum()))
+    mh = torch.stack([filter_matrix(h, tuple((u[:, i] * s[i]).tolist()), mode) for i in range(rank)])
+    mw = torch.stack([filter_matrix(w, tuple(vh[i].tolist()), mode) for i in range(rank)])
+    # y[(h, r), j] = sum_w x[h, w] mw[r, j, w]  ->  mw_cat[w, r*W + j]
+    mw_cat = mw.reshape(rank * w, w).T.contiguous()
+    # out[i, j] = sum_{h, r} mh[r, i, h] y[h*R + r, j]
+    mh_cat = mh.permute(1, 2, 0).reshape(h, h * rank).contiguous()
+    return mh_cat, mw_cat
 
 
 @lru_cache(maxsize=256)
@@ -269,23 +327,50 @@ def motion_blur(x: Tensor, radius: int, sigma: float, angles_deg: Tensor) -> Ten
 
     Tap i (i = 0..2*radius) reads the pixel at offset (ceil(i*sin a - .5), ceil(i*cos a - .5))
     with edge replication and weight exp(-i^2 / 2 sigma^2), like MagickMotionBlurImage; taps that
-    leave the image entirely end the sum, as in imagecorruptions. The taps form a per-sample
-    kernel applied by FFT.
+    leave the image entirely end the sum, as in imagecorruptions.
+
+    Applied directly as a sum of shifted slices (2r+1 taps, no dense kernel, no FFT): samples are
+    sorted by angle so that, for each tap, samples with the same integer offset form contiguous
+    runs of the batch, and every run is one fused ``add_`` of a shifted slice of the padded batch.
     """
+    import numpy as np
+
     b, c, h, w = x.shape
     width = 2 * int(radius) + 1
     k = torch.exp(-torch.arange(width, dtype=torch.float64) ** 2 / (2 * sigma ** 2))
-    k = k / k.sum()
-    a = torch.deg2rad(angles_deg.double().cpu())
+    k = (k / k.sum()).tolist()
+    a = torch.deg2rad(angles_deg.double().cpu()).reshape(-1)
     i = torch.arange(width, dtype=torch.float64)
     dy = torch.ceil(i.view(1, -1) * torch.sin(a).view(-1, 1) - 0.5).long()  # (b, width)
     dx = torch.ceil(i.view(1, -1) * torch.cos(a).view(-1, 1) - 0.5).long()
     out_of_image = (dy.abs() >= h) | (dx.abs() >= w)
-    alive = (out_of_image.long().cumsum(1) == 0).double()
-    p = min(width, max(h, w))  # largest offset that is still used
-    kern = torch.zeros(b, 2 * p + 1, 2 * p + 1, dtype=torch.float64)
-    bi = torch.arange(b).view(-1, 1).expand(b, width)
-    kern.index_put_((bi, (dy + p).clamp(0, 2 * p), (dx + p).clamp(0, 2 * p)),
-                    k.view(1, -1) * alive, accumulate=True)
-    kern = kern.to(x.device, x.dtype).unsqueeze(1)
-    return fft_correlate(pad2d(x, (p, p), (p, p), "replicate"), kern)
+    alive = out_of_image.long().cumsum(1) == 0
+    # Offsets beyond the image size read the same replicated edge as offset +-max(h, w).
+    p = min(width, max(h, w))
+    dy, dx = dy.clamp(-p, p), dx.clamp(-p, p)
+    order = torch.argsort(a, stable=True)
+    dy, dx, alive = dy[order].numpy(), dx[order].numpy(), alive[order].numpy()
+    top, bottom = max(0, -int(dy[alive].min())), max(0, int(dy[alive].max()))
+    left, right = max(0, -int(dx[alive].min())), max(0, int(dx[alive].max()))
+    identity = bool((order == torch.arange(b)).all())
+    xs = x if identity else x.index_select(0, order.to(x.device))
+    xp = pad2d(xs, (top, bottom), (left, right), "replicate")
+    out = xs * k[0]  # tap 0: offset (0, 0) for every sample
+    # Run boundaries per tap: where the (dy, dx, alive) triple changes along the sorted batch.
+    change = (np.diff(dy, axis=0) != 0) | (np.diff(dx, axis=0) != 0) | (np.diff(alive, axis=0) != 0)
+    for t in range(1, width):
+        if k[t] == 0.0:
+            continue
+        cuts = (np.flatnonzero(change[:, t]) + 1).tolist()
+        dst, src = [], []
+        for s0, s1 in zip([0] + cuts, cuts + [b]):
+            if alive[s0, t]:
+                y0, x0 = top + int(dy[s0, t]), left + int(dx[s0, t])
+                dst.append(out[s0:s1])
+                src.append(xp[s0:s1, :, y0:y0 + h, x0:x0 + w])
+        if dst:
+            # Disjoint runs of one tap: one multi-tensor add.
+            torch._foreach_add_(dst, src, alpha=k[t])
+    if identity:
+        return out
+    return torch.empty_like(out).index_copy_(0, order.to(x.device), out)
