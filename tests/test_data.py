@@ -344,9 +344,8 @@ def test_data_configs_instantiate(name: str, tmp_path: Path) -> None:
     assert dm.cache_dir == tmp_path / "cache"
 
 
-# -- shared data (slow) ---------------------------------------------------------------------------
+# -- shared data (integration, ../shared/data) ---------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_shared_cifar10_jpeg_label_order(shared_data_dir: Path) -> None:
     root = shared_data_dir / "cifar10-jpeg"
     dm = ImageFolderDataModule(root=root, name="cifar10_jpeg", num_classes=10, val_size=5000)
@@ -362,7 +361,6 @@ def test_shared_cifar10_jpeg_label_order(shared_data_dir: Path) -> None:
         assert torch.equal((x[i] * 255).round().to(torch.uint8), image_folder_mod.decode_file(first, 32))
 
 
-@pytest.mark.slow
 def test_shared_tiny_imagenet_val(shared_data_dir: Path) -> None:
     root = shared_data_dir / "tiny-imagenet-200"
     dm = TinyImageNetDataModule(root=root, num_classes=200)
