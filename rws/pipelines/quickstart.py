@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
               "print_table=false", "progress=true"])
     run_step("4/4 table", ["-m", "rws.report.tables", str(out / "eval"), "--table", "summary",
                            "--out", str(out / "table")])
-    print(f"\nquickstart finished in {time.time() - t0:.0f}s; results in {out}/eval, table in {out}/table.md")
+    print(f"\n{(out / 'table.md').read_text()}")
+    print(f"quickstart finished in {time.time() - t0:.0f}s; results in {out}/eval, table in {out}/table.md")
 
 
 if __name__ == "__main__":
