@@ -120,3 +120,26 @@ def test_multirun_makes_distinct_runs(tmp_path: Path) -> None:
 
     a, b = (load_file(str(e)) for e in exports)
     assert any(not torch.equal(a[k], b[k]) for k in a)  # different seeds, different weights
+
+
+@pytest.mark.parametrize("launcher,target", [("local", "joblib"), ("slurm", "submitit")])
+def test_launcher_configs_compose(launcher: str, target: str) -> None:
+    p = subprocess.run([sys.executable, "train.py", f"hydra/launcher={launcher}", "--cfg", "hydra"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    launcher_block = p.stdout.split("launcher:", 1)[1].split("\n  sweeper:", 1)[0]
+    assert target in launcher_block.lower()
+
+
+def test_wandb_logger_works_offline(tmp_path: Path) -> None:
+    import os
+
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cmd = [sys.executable, "train.py", "logger=wandb", "trainer=cpu", "trainer.max_epochs=1",
+           "data.subset_per_class=10", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (run / "csv" / "metrics.csv").is_file()  # the CSV logger stays on beside wandb
