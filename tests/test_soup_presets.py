@@ -1,0 +1,38 @@
+"""The soups experiment presets compose, and their models build (on the meta device: no memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from rws.training import build_method
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = {  # preset -> (data, model name, num_classes, first threat norm)
+    "cpu": ("cifar10_jpeg", "small_cnn", 10, "linf"),
+    "wrn28_10_cifar10": ("cifar10", "wrn28_10", 10, "linf"),
+    "vit_b16_imagenet": ("imagenet", "timm/vit_base_patch16_224", 1000, "linf"),
+    "resnet50_imagenet": ("imagenet", "resnet50", 1000, "linf"),
+}
+
+
+def test_every_soups_preset_is_covered() -> None:
+    assert {p.stem for p in (ROOT / "conf/experiment/soups").glob("*.yaml")} == set(PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_soups_preset_composes_and_builds(name: str) -> None:
+    data, model, num_classes, norm = PRESETS[name]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment=soups/{name}"])
+    assert cfg.data.name == data and cfg.model.name == model and cfg.data.num_classes == num_classes
+    assert cfg.method.name == "adversarial" and cfg.method.threats[0].norm == norm
+    with torch.device("meta"):
+        module = build_method(cfg)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    assert n_params > 0
+    assert OmegaConf.to_container(cfg.method, resolve=True)["dataset_kind"] in ("cifar", "imagenet")
