@@ -178,43 +178,12 @@ def _stat_keys_of(model: nn.Module, keys: Iterable[str]) -> list[str]:
     return [f"{n}.{s}" for n in _bn_modules_for(model, keys) for s in ("running_mean", "running_var")]
 
 
-@torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable[Any], keys: Iterable[str]) -> nn.Module:
-    """Reset and re-estimate the running stats of the BN layers owning ``keys`` only.
+    """Reset and re-estimate the running stats of the BN layers owning ``keys`` only
+    (see ``rws.weights.bn.recalibrate``)."""
+    from rws.weights.bn import recalibrate
 
-    momentum=None makes BN keep an exact cumulative average over the batches (no dependence on
-    the number of batches through an EMA). Every other module stays in eval mode, so no other
-    statistics move. Module modes, momenta and num_batches_tracked are restored afterwards.
-    ``batches`` yields tensors or (x, y) tuples of model inputs.
-    """
-    bns = _bn_modules_for(model, keys)
-    if not bns:
-        return model
-    modes = {m: m.training for m in model.modules()}
-    saved = {n: (m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-             for n, m in bns.items()}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        model.eval()
-        for m in bns.values():
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        seen = 0
-        for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(device))
-            seen += 1
-        if seen == 0:
-            raise ValueError("recalibrate_bn got no batches")
-    finally:
-        for n, m in bns.items():
-            m.momentum, nbt = saved[n]
-            if nbt is not None:
-                m.num_batches_tracked.copy_(nbt)
-        for m, mode in modes.items():
-            m.train(mode)
-    return model
+    return recalibrate(model, batches, modules=_bn_modules_for(model, keys).values())
 
 
 def apply_signatures(model: nn.Module, signatures: Sequence[tuple[SigLike, float]],

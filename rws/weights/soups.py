@@ -18,6 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from rws.weights.bn import bn_modules, recalibrate  # noqa: F401  (bn_modules re-exported)
+
 from rws.weights.export import state_dict_mismatches
 
 StateDict = dict[str, torch.Tensor]
@@ -118,22 +120,11 @@ def soup_state_dicts(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     return {k: out[k] for k in keys}
 
 
-def bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-@torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable[Any], n_batches: int | None = None,
                    device: str | torch.device | None = None) -> nn.Module:
-    """Recompute BN running statistics as a cumulative average over ``batches``.
-
-    Only BN layers go to train mode (dropout & co. stay in eval so they do not perturb the
-    statistics); momentum=None makes the running stats an exact average over the batches seen.
-    Module modes and momenta are restored afterwards.
-    """
-    bns = bn_modules(model)
-    if not bns:
-        return model
+    """Recompute every BN layer's running statistics as a cumulative average over ``batches``
+    (see ``rws.weights.bn.recalibrate``)."""
+    return recalibrate(model, batches, n_batches=n_batches, device=device, keep_num_batches_tracked=False)
     modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in bns}
     device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -199,7 +190,14 @@ def build_soup(spec: Mapping[str, Any], calibration: Iterable[Any] | None = None
     # A shell with the right architecture: the first member, rebuilt (its weights are overwritten).
     from rws.weights.specs import build
 
-    model = build(members[0]["spec"], device="cpu")
+    return load_soup_state(build(members[0]["spec"], device="cpu"), state, spec, device, calibration,
+                           n_calibration_batches)
+
+
+def load_soup_state(model: nn.Module, state: Mapping[str, torch.Tensor], spec: Mapping[str, Any],
+                    device: str | torch.device, calibration: Iterable[Any] | None = None,
+                    n_calibration_batches: int | None = None) -> nn.Module:
+    """Put a soup's state into ``model`` and apply the spec's BN policy (combine | recalibrate)."""
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     bn = spec.get("bn", "combine")

@@ -196,7 +196,7 @@ def _build_nested_soup(spec: dict[str, Any], device: str | torch.device,
                        calibration: Iterable[Any] | None) -> nn.Module:
     """A soup whose members are themselves specs (patched models, other soups): build each
     member recursively, then average their state dicts with the soup module's arithmetic."""
-    from rws.weights.soups import recalibrate_bn, soup_state_dicts
+    from rws.weights.soups import load_soup_state, soup_state_dicts
 
     members = spec["members"]
     models = [build(m["spec"], "cpu", calibration) for m in members]
@@ -204,17 +204,10 @@ def _build_nested_soup(spec: dict[str, Any], device: str | torch.device,
     names = [spec_name(m["spec"]) for m in members]
     state = soup_state_dicts(states, [m.get("weight", 1.0 / len(members)) for m in members],
                              affine=spec.get("affine", True), names=names)
-    model = models[0]
-    model.load_state_dict(state, strict=True)
-    model.to(device).eval()
-    bn = spec.get("bn", "combine")
-    if bn == "recalibrate":
-        if calibration is None:
-            raise SpecError("soup with bn: recalibrate needs calibration batches")
-        recalibrate_bn(model, calibration, spec.get("calibration_batches"), device)
-    elif bn != "combine":
-        raise SpecError(f"soup bn must be 'combine' or 'recalibrate', got {bn!r}")
-    return model
+    try:
+        return load_soup_state(models[0], state, spec, device, calibration)
+    except ValueError as e:  # the same rules as a plain soup, reported as a spec error
+        raise SpecError(str(e)) from e
 
 
 def spec_name(spec: Any) -> str:
