@@ -65,8 +65,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     method = build_method(cfg)
     if cfg.get("init"):
-        load_init(method.model, cfg.init)
-        log.info("initialized from %s", cfg.init)
+        skipped = load_init(method.model, cfg.init, skip=list(cfg.get("init_skip") or []))
+        log.info("initialized from %s%s", cfg.init, f" (kept fresh: {skipped})" if skipped else "")
 
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}",

@@ -81,6 +81,14 @@ def test_init_mismatch_lists_keys(tmp_path: Path) -> None:
         load_init(other, tmp_path / "e")
     with pytest.raises(FileNotFoundError, match="export"):
         load_init(other, tmp_path / "nothing")
+    # A new head for another number of classes: everything else comes from the init.
+    skipped = load_init(other, tmp_path / "e", skip=["head"])
+    from rws.models import head_keys
+    from rws.weights.export import load_export
+
+    assert skipped == head_keys(other) and skipped
+    src = load_export(tmp_path / "e").state_dict
+    assert all(torch.equal(v, src[k]) for k, v in other.state_dict().items() if k not in skipped)
 
 
 def _train(tmp: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
