@@ -207,3 +207,22 @@ def test_reused_backup_tracks_current_weights() -> None:
     p.apply()
     p.remove()
     assert_bit_exact(model, ref)
+
+
+def test_bn_mix_affine_and_convex() -> None:
+    s1, s2 = make_sig(1), make_sig(2)
+    model = std_model()
+    ref = snapshot(model)
+    k = "1.running_mean"
+    # one signature at alpha 0.5: both rules give (1 - a) * std + a * robust
+    for mix in ("affine", "convex"):
+        with Patcher(model, [(s1, 0.5)], bn_mix=mix):
+            assert torch.allclose(model[1].running_mean, 0.5 * ref[k] + 0.5 * s1.stats[k], atol=1e-6)
+    # two at alpha 1: affine extrapolates (-1 * std + r1 + r2), convex averages (r1 + r2) / 2
+    with Patcher(model, [(s1, 1.0), (s2, 1.0)], bn_mix="affine"):
+        assert torch.allclose(model[1].running_mean, -ref[k] + s1.stats[k] + s2.stats[k], atol=1e-6)
+    with Patcher(model, [(s1, 1.0), (s2, 1.0)], bn_mix="convex"):
+        assert torch.allclose(model[1].running_mean, (s1.stats[k] + s2.stats[k]) / 2, atol=1e-6)
+    assert_bit_exact(model, ref)
+    with pytest.raises(ValueError, match="bn_mix"):
+        Patcher(model, [s1], bn_mix="median")
