@@ -6,6 +6,7 @@ Kept out of the script so pipelines and tests can call it with a composed config
 from __future__ import annotations
 
 import logging
+import warnings
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from rws.utils.io import write_json
 from rws.weights.export import save_export
 
 log = logging.getLogger("rws.train")
+# Raised inside Lightning itself on every fit with torch 2.14; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
 
 
 def build_method(cfg: DictConfig) -> pl.LightningModule:
