@@ -108,6 +108,15 @@ def test_selection_and_few_shot_shapes():
     assert study["k"]["500"]["mean"] >= study["k"]["10"]["mean"] - 0.05
 
 
+def test_few_shot_figure(tmp_path):
+    from rws.report.soup_figures import plot_few_shot
+
+    g = torch.Generator().manual_seed(1)
+    correct = torch.rand(12, 1000, generator=g) < torch.linspace(0.3, 0.8, 12)[:, None]
+    path = plot_few_shot({"t": few_shot_study(correct, trials=3)}, tmp_path / "few_shot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
 def test_sweep_help_runs():
     r = subprocess.run([sys.executable, "sweep.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -154,3 +154,27 @@ def make_figures(out_dir: str | os.PathLike, weights: torch.Tensor, scores: torc
             paths.append(plot_simplex(weights, scores[:, j], names, t, out / f"simplex_{_safe(t)}.png"))
     paths.append(plot_top5(weights, scores, targets, names, out / "top5.png"))
     return paths
+
+
+def plot_few_shot(study: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """The paper's Fig. 8: held-out accuracy of the soup picked on k examples, mean ± std over trials,
+    one line per target, with the held-out oracle (best soup on the test half) dashed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (target, res) in enumerate(study.items()):
+        ks = sorted(int(k) for k in res["k"])
+        mean = [100 * res["k"][str(k)]["mean"] for k in ks]
+        std = [100 * res["k"][str(k)]["std"] for k in ks]
+        line = ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=target)
+        if "oracle" in res:
+            ax.axhline(100 * res["oracle"]["mean"], ls="--", lw=0.8, color=line[0].get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("k (labelled examples used to pick the soup)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title("few-shot soup selection (dashed: best soup on the held-out set)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

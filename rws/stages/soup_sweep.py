@@ -491,7 +491,13 @@ def summarize(out: str | os.PathLike, figures: bool = True, few_shot_trials: int
             mats[t] = torch.stack(rows).to(torch.uint8)
     if mats:
         save_safetensors(mats, out / "correctness.safetensors", metadata={"spec_ids": json.dumps(sids)})
-        write_json(out / "few_shot.json", {t: few_shot_study(m, trials=few_shot_trials) for t, m in mats.items()})
+        few_shot = {t: few_shot_study(m, trials=few_shot_trials) for t, m in mats.items()}
+        write_json(out / "few_shot.json", few_shot)
+        if figures and any(res["k"] for res in few_shot.values()):
+            from rws.report.soup_figures import plot_few_shot
+
+            (out / "figures").mkdir(parents=True, exist_ok=True)
+            plot_few_shot({t: r for t, r in few_shot.items() if r["k"]}, out / "figures" / "few_shot.png")
     if figures:
         from rws.report.soup_figures import make_figures
 
