@@ -125,30 +125,6 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Any], n_batches: int | No
     """Recompute every BN layer's running statistics as a cumulative average over ``batches``
     (see ``rws.weights.bn.recalibrate``)."""
     return recalibrate(model, batches, n_batches=n_batches, device=device, keep_num_batches_tracked=False)
-    modes = {m: m.training for m in model.modules()}
-    momenta = {m: m.momentum for m in bns}
-    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        model.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        seen = 0
-        for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(device))
-            seen += 1
-            if n_batches is not None and seen >= n_batches:
-                break
-        if seen == 0:
-            raise ValueError("recalibrate_bn got no batches")
-    finally:
-        for m, mom in momenta.items():
-            m.momentum = mom
-        for m, mode in modes.items():
-            m.train(mode)
-    return model
 
 
 def _load_member(spec: Mapping[str, Any], device: str | torch.device) -> tuple[StateDict, Any, str]:
