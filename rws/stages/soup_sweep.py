@@ -21,24 +21,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from rws.evaluation.results import ResultsWriter, read_jsonl
 from rws.utils.io import load_safetensors, save_safetensors, write_json, write_text
 from rws.utils.provenance import git_commit
 from rws.weights.functional_soup import InPlaceSoup, predict
 from rws.weights.grid import enumerate_weights
 from rws.weights.soups import soup_spec
+from rws.weights.specs import spec_id
 
 SUITES = ("clean", "corruption", "adversarial", "union")
 FEW_SHOT_KS = (10, 30, 100, 300, 500)
-
-
-# ----------------------------------------------------------------------------------------------- specs
-
-def spec_id(spec: Mapping[str, Any]) -> str:
-    """Stable id of a soup spec: rws.weights.specs.spec_id (hash of its canonical JSON), so sweep
-    rows join with rows from any other stage that evaluates the same recipe."""
-    from rws.weights.specs import spec_id as _spec_id
-
-    return _spec_id(spec)
 
 
 @dataclass(frozen=True)
@@ -189,15 +181,7 @@ class SweepStore:
         self.out.mkdir(parents=True, exist_ok=True)
 
     def rows(self) -> list[dict[str, Any]]:
-        if not self.results.is_file():
-            return []
-        out = []
-        for line in self.results.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return read_jsonl(self.results) if self.results.is_file() else []
 
     def correct_path(self, sid: str, target: str) -> Path:
         return self.correct_dir / target / f"{sid}.safetensors"
@@ -228,10 +212,6 @@ class SweepStore:
 
     def _writer(self) -> Any:
         if getattr(self, "_w", None) is None:
-            try:
-                from rws.evaluation.results import ResultsWriter
-            except ImportError:
-                ResultsWriter = _LocalWriter
             self._w = ResultsWriter(self.out)
         return self._w
 
@@ -243,24 +223,6 @@ class SweepStore:
         if getattr(self, "_w", None) is not None:
             self._w.close()
             self._w = None
-
-
-class _LocalWriter:
-    """Fallback with ResultsWriter's append/fsync semantics, for trees without rws.evaluation."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = Path(directory) / "results.jsonl"
-
-    def write(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        rows = list(rows)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, default=str) + "\n" for r in rows))
-            f.flush()
-            os.fsync(f.fileno())
-        return len(rows)
-
-    def close(self) -> None:
-        pass
 
 
 # ---------------------------------------------------------------------------------- selection / study
