@@ -108,6 +108,16 @@ def table1(res: Results, corruptions: Sequence[str], severities: Sequence[int] =
     return out
 
 
+def _per_corruption(rec: Record, res: Results, model_of: Any, corruptions: Sequence[str],
+                    severity: int) -> Record:
+    """Fill ``rec`` with each corruption's accuracy of ``model_of(corruption)`` and their mean."""
+    for c in corruptions:
+        rec[c] = res.acc(model_of(c), c, severity)
+    vals = [rec[c] for c in corruptions]
+    rec["mean"] = None if any(v is None for v in vals) else sum(vals) / len(vals)
+    return rec
+
+
 def table4(res: Results, corruptions: Sequence[str], severity: int = 5, base: str = "std") -> list[Record]:
     """Per-corruption accuracy (Table 4) at one severity; the RWS rows patch the matching signature."""
     spec = [("Standard", lambda c: base), ("Data Augmentation", lambda c: "augmented"),
@@ -116,11 +126,7 @@ def table4(res: Results, corruptions: Sequence[str], severity: int = 5, base: st
     out = []
     for label, model_of in spec:
         rec: Record = {"row": label}
-        for c in corruptions:
-            rec[c] = res.acc(model_of(c), c, severity)
-        vals = [rec[c] for c in corruptions]
-        rec["mean"] = None if any(v is None for v in vals) else sum(vals) / len(vals)
-        out.append(rec)
+        out.append(_per_corruption(rec, res, model_of, corruptions, severity))
     return out
 
 
@@ -171,11 +177,7 @@ def composition_table(res: Results, compositions: Mapping[str, Sequence[SigRef]]
     out = []
     for label, model_of, clean_model in refs:
         rec: Record = {"row": label, "clean": res.acc(clean_model)}
-        for c in corruptions:
-            rec[c] = res.acc(model_of(c), c, severity)
-        vals = [rec[c] for c in corruptions]
-        rec["mean"] = None if any(v is None for v in vals) else sum(vals) / len(vals)
-        out.append(rec)
+        out.append(_per_corruption(rec, res, model_of, corruptions, severity))
     return out
 
 
