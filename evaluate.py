@@ -6,21 +6,7 @@
 See docs/evaluation.md.
 """
 
-from __future__ import annotations
-
-import hydra
-from omegaconf import DictConfig
-
-from rws.evaluation.pipeline import evaluate
-
-
-@hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    summary = evaluate(cfg)
-    # Returned so a Hydra sweeper can optimize over specs: the first model's mean corruption accuracy.
-    first = next(iter(summary["models"].values()), {})
-    return first.get("RA", first.get("TA"))
-
+from rws.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -6,24 +6,7 @@
 See README.md for every option.
 """
 
-from __future__ import annotations
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from rws.training import finish_wandb, train
-
-
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
-    finally:
-        finish_wandb()
-    # Returned so Hydra sweepers (e.g. Optuna) can optimize it.
-    return metrics.get("val/acc")
-
+from rws.cli.train import main
 
 if __name__ == "__main__":
     main()

@@ -28,6 +28,7 @@ from rws.data import (
 from rws.data import image_folder as image_folder_mod
 from rws.data.splits import per_class_subset, random_subset, split_indices
 from rws.data.transforms import random_crop_flip
+from rws.config import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -329,7 +330,7 @@ def test_imagenet_lazy(tmp_path: Path) -> None:
 def test_data_configs_instantiate(name: str, tmp_path: Path) -> None:
     from hydra.utils import instantiate
 
-    data = OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml")
+    data = OmegaConf.load(CONF_DIR / "data" / f"{name}.yaml")
     for key in ("_target_", "name", "num_classes", "image_size", "mean", "std", "corruption_table", "root",
                 "batch_size", "eval_batch_size", "num_workers", "seed", "subset_per_class", "val_size", "augment"):
         assert key in data.keys(), f"{name}.yaml lacks {key}"

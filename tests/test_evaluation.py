@@ -14,6 +14,7 @@ from rws.evaluation import metrics
 from rws.evaluation.results import ResultsWriter, read_results
 from rws.evaluation.suites import run_suite, suite_cells
 from rws.evaluation.summary import summarize
+from rws.config import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CORRS = ["gaussian_noise", "contrast"]
@@ -150,7 +151,7 @@ def test_suite_cells_and_unknown_suite() -> None:
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="evaluate", overrides=overrides)
 
 
@@ -166,7 +167,7 @@ def test_evaluate_composes_runs_and_resumes(tmp_path: Path, capsys) -> None:
     overrides = [f"models=[{export}]", f"specs=[{{kind: export, path: {export}}}]",  # same spec twice: deduplicated
                  "suites=[clean,{name: corruptions, corruptions: [gaussian_noise,contrast], severities: [2,4]}]",
                  f"out={out}", "device=cpu", "test_subset=24", "progress=false", f"++paths.output_dir={tmp_path}"]
-    if not (ROOT / "conf" / "data" / "digits.yaml").exists():
+    if not (CONF_DIR / "data" / "digits.yaml").exists():
         overrides += ["~data"]
     cfg = _compose(overrides)
     assert cfg.suite.corruptions.severities == [1, 2, 3, 4, 5]  # the group still composes

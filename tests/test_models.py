@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rws.models import MODEL_NAMES, Normalized, create_model, head_keys, layer_groups, shallow_keys
+from rws.config import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 7
@@ -200,7 +201,7 @@ def test_timm_passthrough() -> None:
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 4)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "conf" / "model").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((CONF_DIR / "model").glob("*.yaml")), ids=lambda p: p.stem)
 def test_model_configs_instantiate(path: Path) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf

@@ -13,9 +13,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from rws.config import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
+CONF = str(CONF_DIR)
 PAPER = {  # preset -> (data, model, num_classes, lr)
     "vgg16_cifar10": ("cifar10", "vgg16", 10, 0.01),
     "vgg16_cifar100": ("cifar100", "vgg16", 100, 0.01),
@@ -32,7 +33,7 @@ def _compose(overrides: list[str]):
 
 
 def test_every_preset_file_is_covered() -> None:
-    files = {p.stem for p in (ROOT / "conf/experiment/rws").glob("*.yaml")}
+    files = {p.stem for p in (CONF_DIR / "experiment/rws").glob("*.yaml")}
     assert set(PAPER) | {"cpu", "cpu_tiny"} == files
 
 

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from rws.training import build_method
+from rws.config import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {  # preset -> (data, model name, num_classes, first threat norm)
@@ -21,13 +22,13 @@ PRESETS = {  # preset -> (data, model name, num_classes, first threat norm)
 
 
 def test_every_soups_preset_is_covered() -> None:
-    assert {p.stem for p in (ROOT / "conf/experiment/soups").glob("*.yaml")} == set(PRESETS)
+    assert {p.stem for p in (CONF_DIR / "experiment/soups").glob("*.yaml")} == set(PRESETS)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_soups_preset_composes_and_builds(name: str) -> None:
     data, model, num_classes, norm = PRESETS[name]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment=soups/{name}"])
     assert cfg.data.name == data and cfg.model.name == model and cfg.data.num_classes == num_classes
     assert cfg.method.name == "adversarial" and cfg.method.threats[0].norm == norm

@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 
 from rws.methods.optim import lr_factor
 from rws.training import build_method
+from rws.config import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
+CONF = str(CONF_DIR)
 
 
 def _compose(overrides: list[str]):

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from rws.pipelines.steps import ROOT, run_step
+from rws.config import CONF_DIR
 
 CORRUPTIONS = ["gaussian_noise", "defocus_blur", "fog", "contrast", "pixelate"]
 STAGES = ("train", "tiny", "extract", "eval", "report")
@@ -342,7 +343,7 @@ def _dedup(specs: list[dict]) -> list[dict]:
 
 def _experiment_data(experiment: str) -> list[str]:
     """The experiment file's data settings as evaluate.py overrides (same test subset as training)."""
-    exp = yaml.safe_load((ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text())
+    exp = yaml.safe_load((CONF_DIR / "experiment" / f"{experiment}.yaml").read_text())
     data = next(d["override /data"] for d in exp["defaults"] if isinstance(d, dict) and "override /data" in d)
     return [f"data={data}", *[f"data.{k}={v}" for k, v in (exp.get("data") or {}).items()]]
 
@@ -416,7 +417,7 @@ def eval_recalibrated(out: Path, s: Settings, data_args: list[str], info: dict[s
         return
     t0 = time.time()
     print(f"[run ] 5 evaluate BN recalibrate (in process): {len(todo)} models", flush=True)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("evaluate", overrides=[*data_args, f"paths.output_dir={out}", f"out={out / 'eval_recal'}",
                                              "print_table=false", "progress=false", "device=cpu"])
     dm = instantiate(cfg.data)

@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from rws.config import CONF_DIR
 
 
 def _short(layer: str) -> str:
@@ -267,7 +268,7 @@ def _test_image(data_args: Sequence[str], index: int = 0) -> tuple[Any, str]:
     from hydra.utils import instantiate
 
     root = Path(__file__).resolve().parents[2]
-    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("evaluate", overrides=list(data_args))
     dm = instantiate(cfg.data)
     dm.setup()

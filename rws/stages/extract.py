@@ -94,7 +94,7 @@ def extract_all(init: str, std: str, robust: Mapping[str, str], out: str | Path,
     return summary
 
 
-@hydra.main(config_path="../../conf", config_name="extract", version_base="1.3")
+@hydra.main(config_path="../conf", config_name="extract", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     robust = OmegaConf.to_container(cfg.robust, resolve=True) if cfg.robust is not None else {}
     summary = extract_all(cfg.init, cfg.std, robust, cfg.out,

@@ -37,7 +37,7 @@ def patch_export(base: str, signatures: Sequence[Mapping[str, Any]], out: str | 
     return save_export(out, model, export.model_cfg, metrics={}, run_cfg={**(run_cfg or {}), "patch": record})
 
 
-@hydra.main(config_path="../../conf", config_name="patch", version_base="1.3")
+@hydra.main(config_path="../conf", config_name="patch", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     sigs = OmegaConf.to_container(cfg.signatures, resolve=True) or []
     path = patch_export(cfg.base, sigs, cfg.out, bn_policy=cfg.bn_policy,

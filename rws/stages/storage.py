@@ -158,7 +158,7 @@ def storage_report(out: str | Path | None = None, presets: list[str] | None = No
     return reports
 
 
-@hydra.main(config_path="../../conf", config_name="storage", version_base="1.3")
+@hydra.main(config_path="../conf", config_name="storage", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     reports = storage_report(cfg.out, presets=list(cfg.presets),
                              models=OmegaConf.to_container(cfg.models, resolve=True) or [])

@@ -1,0 +1,26 @@
+"""Evaluate exports / model specs on robustness suites; write long-format results.
+
+    python evaluate.py models=[outputs/runs/digits-small_cnn-nominal/<time>/export]
+    python evaluate.py specs=soup.yaml suite=[clean,corruptions_quick] test_subset=256 device=cpu
+    python evaluate.py models=[A,B] baseline_results=outputs/eval/<time> baseline_model=std
+See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from rws.evaluation.pipeline import evaluate
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    summary = evaluate(cfg)
+    # Returned so a Hydra sweeper can optimize over specs: the first model's mean corruption accuracy.
+    first = next(iter(summary["models"].values()), {})
+    return first.get("RA", first.get("TA"))
+
+
+if __name__ == "__main__":
+    main()
