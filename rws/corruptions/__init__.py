@@ -7,8 +7,8 @@ tensors in [0, 1] on any device; ``resolve_corruptions`` expands specs such as "
 
 from rws.corruptions.api import canonical_name, corrupt, resolve_corruptions
 from rws.corruptions.arrays import write_corrupted_arrays
-from rws.corruptions.params import ALIASES, CORRUPTIONS, GROUPS, SEVERITIES, TABLES
+from rws.corruptions.params import ALIASES, CORRUPTIONS, CPU_SHIFTS, GROUPS, SEVERITIES, TABLES
 from rws.corruptions.weather import frost_dir
 
-__all__ = ["ALIASES", "CORRUPTIONS", "GROUPS", "SEVERITIES", "TABLES", "canonical_name", "corrupt",
+__all__ = ["ALIASES", "CORRUPTIONS", "CPU_SHIFTS", "GROUPS", "SEVERITIES", "TABLES", "canonical_name", "corrupt",
            "frost_dir", "resolve_corruptions", "write_corrupted_arrays"]

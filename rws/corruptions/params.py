@@ -22,6 +22,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "digital": CORRUPTIONS[13:19],
 }
 
+# The five shifts the CPU-scale chains use (RWS rows, RWS transfer, the soups grid search): one or two
+# per family, chosen for spread in difficulty at 32 px.
+CPU_SHIFTS: tuple[str, ...] = ("gaussian_noise", "defocus_blur", "fog", "contrast", "pixelate")
+
 ALIASES: dict[str, str] = {"elastic": "elastic_transform", "jpeg": "jpeg_compression"}
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
