@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rws.weights.patching import Patcher, SignatureMismatchError, build_patch, recalibrate_bn
+from rws.weights.patching import Patcher, SignatureMismatchError, recalibrate_patched_bn
 from rws.weights.signature_io import Signature, load_signature, save_signature
 
 
@@ -146,21 +146,62 @@ def test_recalibrate_bn_only_kept_layers() -> None:
     p.remove()
     assert_bit_exact(model, ref)
     model.train()
-    recalibrate_bn(model, batches[:1], ["1.weight"])
+    recalibrate_patched_bn(model, batches[:1], ["1.weight"])
     assert all(m.training for m in model.modules())  # modes restored
 
 
-def test_build_patch_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rws.weights.patching as patching
+@pytest.fixture
+def std_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spec kind ``{kind: tiny_std}`` that builds ``std_model()``, registered for one test."""
+    from rws.specs import SpecKind, register_kind
+    from rws.specs import registry
 
-    monkeypatch.setattr(patching, "_build_base", lambda spec: std_model())
-    sig = make_sig(1)
-    path = save_signature(tmp_path / "fog.safetensors", sig)
-    model = build_patch({"kind": "patch", "base": {"kind": "export", "path": "x"},
-                         "signatures": [{"path": str(path), "alpha": 0.5}], "bn_policy": "std"})
+    monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))
+    register_kind(SpecKind(name="tiny_std", required=(), build=lambda spec, ctx: std_model()))
+
+
+def test_patch_spec_builds_like_patcher(tmp_path: Path, std_kind: None) -> None:
+    from rws.specs import build
+
+    s1, s2 = make_sig(1), make_sig(2)
+    p1, p2 = save_signature(tmp_path / "fog.safetensors", s1), save_signature(tmp_path / "snow.safetensors", s2)
+    spec = {"kind": "patch", "base": {"kind": "tiny_std"}, "bn_policy": "std",
+            "signatures": [{"path": str(p1), "alpha": 0.5}]}
+    model = build(spec)
     ref = std_model().state_dict()
-    assert torch.allclose(model[0].weight, ref["0.weight"] + 0.5 * sig.rws["0.weight"], atol=1e-6)
+    assert torch.allclose(model[0].weight, ref["0.weight"] + 0.5 * s1.rws["0.weight"], atol=1e-6)
     assert torch.equal(model[1].running_mean, ref["1.running_mean"])
+    # bn_mix reaches the Patcher: two signatures at alpha 1, convex averages the robust statistics.
+    two = {**spec, "bn_policy": "robust", "signatures": [{"path": str(p1)}, {"path": str(p2)}]}
+    for mix in ("affine", "convex"):
+        want = std_model()
+        with Patcher(want, [(s1, 1.0), (s2, 1.0)], bn_mix=mix):
+            assert_bit_exact(build({**two, "bn_mix": mix}), snapshot(want))
+
+
+def test_recalibrated_patch_spec(tmp_path: Path, std_kind: None) -> None:
+    from rws.specs import BuildContext, SpecError, build
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(8, 3, 8, 8, generator=g), torch.zeros(8)) for _ in range(3)]
+
+    class DM:
+        batch_size, corruption_table = 8, "cifar"
+
+        def calibration_batches(self, n, batch_size=None):
+            return iter(batches[:n])
+
+    path = save_signature(tmp_path / "fog.safetensors", make_sig(1, bn_policy="std"))
+    spec = {"kind": "patch", "base": {"kind": "tiny_std"}, "signatures": [{"path": str(path)}],
+            "bn_policy": "recalibrate", "calibration": {"split": "train", "batches": 3}}
+    model = build(spec, context=BuildContext(data=DM()))
+    want = std_model()
+    p = Patcher(want, [path], bn_policy="recalibrate")
+    p.apply()
+    p.recalibrate(batches)
+    assert_bit_exact(model, snapshot(want))
+    with pytest.raises(SpecError, match="needs a 'calibration' source"):
+        build({k: v for k, v in spec.items() if k != "calibration"})
 
 
 def test_real_model_extract_patch_export(tmp_path: Path) -> None:
@@ -193,6 +234,29 @@ def test_real_model_extract_patch_export(tmp_path: Path) -> None:
     with Patcher(live, [sig]):
         assert not torch.equal(live.state_dict()[sig.keys[0]], ref[sig.keys[0]])
     assert_bit_exact(live, ref)
+    # bn_mix reaches the stage: Σα = 2 > 1, so convex (robust stats) and affine (2·robust − std) differ.
+    convex = patch_export(paths["std"], [{"path": str(sig.path), "alpha": 2.0}], tmp_path / "convex", bn_mix="convex")
+    with Patcher(live, [(sig, 2.0)], bn_mix="convex"):
+        assert_bit_exact(load_export(convex).build(), snapshot(live))
+    record = load_export(convex).metrics["config"]["patch"]
+    assert record["bn_mix"] == "convex" and record["spec"]["bn_mix"] == "convex" and len(record["spec_id"]) == 12
+    # bn_policy=recalibrate from the stage: the calibration source names its data (no evaluated datamodule here).
+    source = {"data": "digits", "overrides": [f"paths.cache_dir={tmp_path / 'cache'}"], "corruption": "fog",
+              "batches": 2, "batch_size": 8}
+    recal = load_export(patch_export(paths["std"], [{"path": str(sig.path)}], tmp_path / "recal",
+                                     bn_policy="recalibrate", calibration=source)).state_dict
+    stat = next(k for k in sig.stats if k.endswith("running_mean"))
+    assert not torch.equal(recal[stat], patched[stat]) and not torch.equal(recal[stat], std[stat])
+    assert load_export(tmp_path / "recal").metrics["config"]["patch"]["calibration"] == source
+
+
+def test_patch_cli_accepts_bn_mix_and_calibration() -> None:
+    from rws.config import compose
+
+    cfg = compose("patch", ["base=std", "out=patched", "bn_mix=convex", "bn_policy=recalibrate",
+                            "calibration={data: digits, split: train, corruption: fog, batches: 2}"])
+    assert cfg.bn_mix == "convex" and cfg.calibration.batches == 2
+    assert compose("patch", ["base=std", "out=patched"]).bn_mix == "affine"
 
 
 def test_reused_backup_tracks_current_weights() -> None:

@@ -6,7 +6,7 @@ from torch import nn
 
 from rws.weights.functional_soup import InPlaceSoup, predict
 from rws.weights.grid import GridSpec
-from rws.weights.soups import recalibrate_bn, soup_state_dicts
+from rws.weights.soups import recalibrate_soup_bn, soup_state_dicts
 
 
 def _net(seed: int, width: int = 4) -> nn.Module:
@@ -77,12 +77,12 @@ def test_in_place_matches_building_each_soup():
             assert torch.equal(m.state_dict()[k], v), k
 
 
-def test_recalibrate_bn_restores_modes():
+def test_recalibrate_soup_bn_restores_modes():
     m = _net(0)
     m[3].train()  # a dropout left in train mode must come back in train mode
     momentum = m[1].momentum
     x = torch.rand(16, 3, 8, 8)
-    recalibrate_bn(m, [(x[:8], None), (x[8:], None)])
+    recalibrate_soup_bn(m, [(x[:8], None), (x[8:], None)])
     assert m[3].training and not m[1].training and m[1].momentum == momentum
     feats = m[0](x)
     assert torch.allclose(m[1].running_mean, feats.mean((0, 2, 3)), atol=1e-5)
@@ -106,8 +106,8 @@ def test_mixed_dtype_models_use_the_per_tensor_path():
 
 def test_build_soup_from_exports(tmp_path):
     from rws.models import create_model
+    from rws.specs import BuildContext, build
     from rws.weights.export import load_export, save_export
-    from rws.weights.soups import build_soup
 
     paths = []
     for i, width in enumerate((0.25, 0.25, 0.5)):
@@ -116,16 +116,24 @@ def test_build_soup_from_exports(tmp_path):
         paths.append(str(save_export(tmp_path / f"m{i}", create_model(**cfg), cfg)))
     spec = {"kind": "soup", "members": [{"spec": {"kind": "export", "path": paths[0]}, "weight": 1.4},
                                         {"spec": {"kind": "export", "path": paths[1]}, "weight": -0.4}]}
-    model = build_soup(spec)
+    model = build(spec)
     ref = soup_state_dicts([load_export(p).state_dict for p in paths[:2]], [1.4, -0.4])
     for k, v in model.state_dict().items():
         assert torch.equal(v, ref[k]), k
     x = torch.rand(4, 3, 32, 32)
-    recal = build_soup({**spec, "bn": "recalibrate"}, calibration=[(x, None)])
+
+    class OneBatch:  # a datamodule with one calibration batch
+        batch_size = 4
+
+        def calibration_batches(self, n, batch_size=None):
+            yield x, None
+
+    recal = build({**spec, "bn": "recalibrate", "calibration_batches": 1}, context=BuildContext(data=OneBatch()))
     key = next(k for k in ref if k.endswith("running_mean"))
     assert not torch.equal(recal.state_dict()[key], ref[key])  # recomputed, not combined
     weight = key.replace("running_mean", "weight")
     assert torch.equal(recal.state_dict()[weight], ref[weight])  # parameters untouched
     spec["members"][1]["spec"]["path"] = paths[2]
     with pytest.raises(ValueError, match="shape"):
-        build_soup(spec)
+        build(spec)
+

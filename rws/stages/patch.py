@@ -2,8 +2,11 @@
 
     python -m rws.stages.patch base=PATH signatures='[{path: sigs/fog.safetensors, alpha: 1.0}]' out=DIR
 
-bn_policy: null (each signature's stored policy), robust or std. ``recalibrate`` needs data:
-use ``Patcher(...).recalibrate(batches)`` from Python.
+bn_policy: null (each signature's stored policy), robust, std or recalibrate; bn_mix: affine | convex.
+``recalibrate`` needs a calibration source that names its data, e.g.
+``'calibration={data: cifar10, split: train, corruption: fog, severity: 5, batches: 10}'``.
+The model is built through the ``patch`` spec kind, so it is the model evaluate.py builds from the
+same spec; the spec and its id are recorded in metrics.json.
 """
 
 from __future__ import annotations
@@ -13,35 +16,38 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from rws.specs import build, spec_id, validate
+from rws.utils.config import to_plain
 from rws.utils.io import sha256_file
 from rws.weights.export import load_export, save_export
-from rws.weights.patching import Patcher
 
 log = logging.getLogger(__name__)
 
 
 def patch_export(base: str, signatures: Sequence[Mapping[str, Any]], out: str | Path,
-                 bn_policy: str | None = None, run_cfg: dict[str, Any] | None = None) -> Path:
+                 bn_policy: str | None = None, bn_mix: str = "affine",
+                 calibration: Mapping[str, Any] | None = None, run_cfg: dict[str, Any] | None = None) -> Path:
     if not signatures:
         raise ValueError("signatures is empty: pass signatures='[{path: FILE, alpha: 1.0}]'")
-    if bn_policy == "recalibrate":
-        raise ValueError("bn_policy=recalibrate needs calibration data; use Patcher.recalibrate from Python")
     export = load_export(base)
-    model = export.build()
-    sigs = [(str(s["path"]), float(s.get("alpha", 1.0))) for s in signatures]
-    Patcher(model, sigs, bn_policy=bn_policy).apply()
+    sigs = [{"path": str(s["path"]), "alpha": float(s.get("alpha", 1.0))} for s in signatures]
+    spec: dict[str, Any] = {"kind": "patch", "base": {"kind": "export", "path": str(export.path)},
+                            "signatures": sigs, "bn_policy": bn_policy, "bn_mix": bn_mix}
+    if calibration is not None:
+        spec["calibration"] = to_plain(calibration)
+    model = build(validate(spec, where="patch"))
     record = {"base": {"path": str(export.path), "sha256": export.sha256}, "bn_policy": bn_policy,
-              "signatures": [{"path": p, "alpha": a, "sha256": sha256_file(p)} for p, a in sigs]}
+              "bn_mix": bn_mix, "calibration": spec.get("calibration"), "spec": spec, "spec_id": spec_id(spec),
+              "signatures": [{**s, "sha256": sha256_file(s["path"])} for s in sigs]}
     return save_export(out, model, export.model_cfg, metrics={}, run_cfg={**(run_cfg or {}), "patch": record})
 
 
 @hydra.main(config_path="../conf", config_name="patch", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    sigs = OmegaConf.to_container(cfg.signatures, resolve=True) or []
-    path = patch_export(cfg.base, sigs, cfg.out, bn_policy=cfg.bn_policy,
-                        run_cfg=OmegaConf.to_container(cfg, resolve=True))
+    path = patch_export(cfg.base, to_plain(cfg.signatures) or [], cfg.out, bn_policy=cfg.bn_policy,
+                        bn_mix=cfg.bn_mix, calibration=to_plain(cfg.calibration), run_cfg=to_plain(cfg))
     log.info("patched export written to %s", path)
 
 

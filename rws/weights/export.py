@@ -10,7 +10,6 @@ Reading an export needs neither Lightning nor pickle.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,13 +85,22 @@ def load_export(path: str | os.PathLike) -> Export:
             f"{MODEL_FILE}, {CONFIG_FILE} and {METRICS_FILE}; train.py writes one to <run_dir>/export.")
     state, _ = load_safetensors(path / MODEL_FILE)
     check_finite(state, source=str(path / MODEL_FILE))
-    model_cfg = OmegaConf.to_container(OmegaConf.load(path / CONFIG_FILE), resolve=True)
+    model_cfg = load_model_config(path)
     metrics: dict[str, Any] = {}
     if (path / METRICS_FILE).is_file():
         import json
 
         metrics = json.loads((path / METRICS_FILE).read_text())
     return Export(path=path, model_cfg=model_cfg, state_dict=state, metrics=metrics)
+
+
+def load_model_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The resolved model config (model.yaml) of an export directory (or of the model.safetensors
+    inside it), without reading its weights."""
+    path = Path(path)
+    if path.name == MODEL_FILE:
+        path = path.parent
+    return OmegaConf.to_container(OmegaConf.load(path / CONFIG_FILE), resolve=True)
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
@@ -120,6 +128,3 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
                          f"({len(problems)} problem(s)):\n  {shown}{more}")
     model.load_state_dict(state, strict=True)
 
-
-def finite_or_none(x: float) -> float | None:
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -11,7 +11,7 @@ BN running statistics of kept layers follow ``bn_policy``:
     several signatures at α=1 then averages their statistics rather than extrapolating past any model
     (measured at CPU scale: the affine rule collapsed 3-5 composed signatures to chance).
   * ``std``: leave the standard model's statistics alone.
-  * ``recalibrate``: leave them for ``Patcher.recalibrate(batches)`` / ``recalibrate_bn``.
+  * ``recalibrate``: leave them for ``Patcher.recalibrate(batches)`` / ``recalibrate_patched_bn``.
   * ``None`` (Patcher default): each signature's own stored policy.
 ``num_batches_tracked`` is never touched.
 
@@ -28,7 +28,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from rws.weights.signature_io import Signature, arch_hash, load_signature
+from rws.weights.bn import recalibrate
+from rws.weights.signature_io import Signature, load_signature
 
 BN_POLICIES = ("robust", "std", "recalibrate")
 BN_MIXES = ("affine", "convex")
@@ -43,8 +44,9 @@ def _as_signature(sig: SigLike) -> Signature:
     return sig if isinstance(sig, Signature) else load_signature(sig)
 
 
-def check_compatible(model_state: Mapping[str, torch.Tensor], sig: Signature) -> None:
-    """Only the kept keys must match: a signature from another dataset (other head) is fine."""
+def check_signature_fits(model_state: Mapping[str, torch.Tensor], sig: Signature) -> None:
+    """Raise SignatureMismatchError unless every key ``sig`` patches exists in ``model_state`` with the
+    same shape. Only the kept keys must match: a signature from another dataset (other head) is fine."""
     arch = f" (signature architecture: {sig.arch_name or '?'})"
     for k, v in list(sig.rws.items()) + list(sig.stats.items()):
         if k not in model_state:
@@ -120,7 +122,7 @@ class Patcher:
             raise RuntimeError("signatures already applied; call remove() first")
         state = self._live_state()
         for sig, _ in self.signatures:
-            check_compatible(state, sig)
+            check_signature_fits(state, sig)
             if self.bn_policy == "robust" and not sig.stats and _stat_keys_of(self.model, sig.rws):
                 raise SignatureMismatchError(
                     f"{sig.name}: bn_policy=robust but the signature carries no BN running statistics "
@@ -167,7 +169,7 @@ class Patcher:
         if missing:  # signatures without stored stats: save them now so remove() restores them
             state = self._live_state()
             self._saved.update({k: self._stash(k, state[k]) for k in missing})
-        return recalibrate_bn(self.model, batches, keys)
+        return recalibrate_patched_bn(self.model, batches, keys)
 
     def __enter__(self) -> nn.Module:
         return self.apply()
@@ -188,54 +190,7 @@ def _stat_keys_of(model: nn.Module, keys: Iterable[str]) -> list[str]:
     return [f"{n}.{s}" for n in _bn_modules_for(model, keys) for s in ("running_mean", "running_var")]
 
 
-def recalibrate_bn(model: nn.Module, batches: Iterable[Any], keys: Iterable[str]) -> nn.Module:
-    """Reset and re-estimate the running stats of the BN layers owning ``keys`` only
-    (see ``rws.weights.bn.recalibrate``)."""
-    from rws.weights.bn import recalibrate
-
+def recalibrate_patched_bn(model: nn.Module, batches: Iterable[Any], keys: Iterable[str]) -> nn.Module:
+    """Reset and re-estimate the running stats of the BN layers owning ``keys`` only, keeping
+    ``num_batches_tracked`` so removing a patch stays bit-exact (see ``rws.weights.bn.recalibrate``)."""
     return recalibrate(model, batches, modules=_bn_modules_for(model, keys).values())
-
-
-def apply_signatures(model: nn.Module, signatures: Sequence[tuple[SigLike, float]],
-                     bn_policy: str | None = None) -> Patcher:
-    """Apply and return the Patcher (call ``.remove()`` to undo)."""
-    patcher = Patcher(model, signatures, bn_policy=bn_policy)
-    patcher.apply()
-    return patcher
-
-
-def model_arch_hash(model: nn.Module) -> str:
-    return arch_hash(model.state_dict())
-
-
-def _build_base(spec: Mapping[str, Any]) -> nn.Module:
-    try:
-        from rws.weights.specs import build  # type: ignore[import-not-found]
-    except ImportError:
-        build = None
-    if build is not None:
-        return build(dict(spec))
-    if spec.get("kind") == "export":
-        from rws.weights.export import load_export
-
-        return load_export(spec["path"]).build()
-    raise ValueError(f"cannot build base spec {dict(spec)!r} without rws.weights.specs")
-
-
-def build_patch(spec: Mapping[str, Any]) -> nn.Module:
-    """``{kind: patch, base: <spec>, signatures: [{path, alpha}], bn_policy: robust|std, bn_mix: affine|convex}``
-    -> patched model.
-
-    The returned model is patched permanently (a fresh module; there is nothing to restore to)."""
-    if spec.get("kind", "patch") != "patch":
-        raise ValueError(f"build_patch needs kind=patch, got {spec.get('kind')!r}")
-    bn_policy = spec.get("bn_policy")
-    if bn_policy == "recalibrate":
-        raise ValueError("bn_policy=recalibrate needs data: use Patcher(...).recalibrate(batches)")
-    model = _build_base(spec["base"])
-    sigs = [(s["path"], float(s.get("alpha", 1.0))) if isinstance(s, Mapping) else (s, 1.0)
-            for s in spec.get("signatures", [])]
-    if not sigs:
-        raise ValueError("patch spec has no signatures")
-    Patcher(model, sigs, bn_policy=bn_policy, bn_mix=spec.get("bn_mix", "affine")).apply()
-    return model

@@ -1,4 +1,7 @@
-"""Model soups: theta = sum_i w_i * theta_i over exports of one architecture.
+"""Model-soup arithmetic: theta = sum_i w_i * theta_i over state dicts of one architecture.
+
+Building a soup from a spec (members, BN policy, calibration source) is ``rws.specs.kinds.soup``;
+this module holds only the arithmetic, so it needs no spec machinery.
 
 Conventions (shared with rws.weights.functional_soup so both give identical tensors):
 - Floating tensors, parameters *and* BN running stats, are combined with the soup weights, in the
@@ -18,12 +21,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from rws.weights.bn import bn_modules, recalibrate  # noqa: F401  (bn_modules re-exported)
-
+from rws.weights.bn import recalibrate
 from rws.weights.export import state_dict_mismatches
 
 StateDict = dict[str, torch.Tensor]
 AFFINE_TOL = 1e-6
+SOUP_BN_POLICIES = ("combine", "recalibrate")
 
 
 def check_weights(weights: Sequence[Any], n: int, affine: bool = True, tol: float = AFFINE_TOL) -> list[float]:
@@ -41,8 +44,8 @@ def check_weights(weights: Sequence[Any], n: int, affine: bool = True, tol: floa
     return [float(w) for w in weights]
 
 
-def check_compatible(states: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None) -> None:
-    """Raise listing every key/shape mismatch between the first member and the others."""
+def check_soup_members(states: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None) -> None:
+    """Raise listing every key/shape/dtype mismatch between the first member's state dict and the others'."""
     names = list(names) if names is not None else [f"member {i}" for i in range(len(states))]
     problems = []
     for name, sd in zip(names[1:], states[1:]):
@@ -96,7 +99,7 @@ def soup_state_dicts(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     """The soup's state dict (new tensors; members are not modified)."""
     if not states:
         raise ValueError("a soup needs at least one member")
-    check_compatible(states, names)
+    check_soup_members(states, names)
     w = check_weights(weights, len(states), affine)
     keys = list(states[0].keys())
     fkeys = [k for k in keys if states[0][k].is_floating_point()]
@@ -120,69 +123,26 @@ def soup_state_dicts(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     return {k: out[k] for k in keys}
 
 
-def recalibrate_bn(model: nn.Module, batches: Iterable[Any], n_batches: int | None = None,
-                   device: str | torch.device | None = None) -> nn.Module:
-    """Recompute every BN layer's running statistics as a cumulative average over ``batches``
-    (see ``rws.weights.bn.recalibrate``)."""
+def recalibrate_soup_bn(model: nn.Module, batches: Iterable[Any], n_batches: int | None = None,
+                        device: str | torch.device | None = None) -> nn.Module:
+    """Recompute every BN layer's running statistics as a cumulative average over ``batches``;
+    ``num_batches_tracked`` counts them (see ``rws.weights.bn.recalibrate``)."""
     return recalibrate(model, batches, n_batches=n_batches, device=device, keep_num_batches_tracked=False)
 
 
-def _load_member(spec: Mapping[str, Any], device: str | torch.device) -> tuple[StateDict, Any, str]:
-    """(state dict, model config or None, display name) of one member spec. Exports are read without
-    building a model; other kinds (a patch, a nested soup) are built through rws.weights.specs."""
-    if spec.get("kind", "export") == "export":
-        from rws.weights.export import load_export
-
-        e = load_export(spec["path"])
-        return e.state_dict, {k: v for k, v in e.model_cfg.items() if k != "_target_"}, str(e.path)
-    from rws.weights.specs import build, spec_name
-
-    m = build(spec, device="cpu")
-    return {k: v.detach() for k, v in m.state_dict().items()}, None, spec_name(spec)
-
-
-def build_soup(spec: Mapping[str, Any], calibration: Iterable[Any] | None = None,
-               n_calibration_batches: int | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """Build ``{kind: soup, members: [{spec, weight}], bn: combine|recalibrate, affine: true}``.
-
-    Members are usually ``{kind: export, path}``; any spec rws.weights.specs can build also works.
-    ``bn: recalibrate`` needs ``calibration`` batches (e.g. the datamodule's ``calibration_batches``).
-    """
-    if spec.get("kind", "soup") != "soup":
-        raise ValueError(f"build_soup expects kind=soup, got {spec.get('kind')!r}")
-    members = list(spec["members"])
-    if not members:
-        raise ValueError("a soup needs at least one member")
-    loaded = [_load_member(m["spec"], device) for m in members]
-    states = [s for s, _, _ in loaded]
-    names = [n for _, _, n in loaded]
-    check_compatible(states, names)
-    cfgs = [c for _, c, _ in loaded]
-    different = [n for n, c in zip(names, cfgs) if c is not None and cfgs[0] is not None and c != cfgs[0]]
-    if different:
-        raise ValueError(f"soup members have different model configs than {names[0]} ({cfgs[0]}): {different}")
-    state = soup_state_dicts(states, [m.get("weight", 1.0 / len(members)) for m in members],
-                             affine=spec.get("affine", True), names=names)
-    # A shell with the right architecture: the first member, rebuilt (its weights are overwritten).
-    from rws.weights.specs import build
-
-    return load_soup_state(build(members[0]["spec"], device="cpu"), state, spec, device, calibration,
-                           n_calibration_batches)
-
-
-def load_soup_state(model: nn.Module, state: Mapping[str, torch.Tensor], spec: Mapping[str, Any],
-                    device: str | torch.device, calibration: Iterable[Any] | None = None,
-                    n_calibration_batches: int | None = None) -> nn.Module:
-    """Put a soup's state into ``model`` and apply the spec's BN policy (combine | recalibrate)."""
+def load_soup_state(model: nn.Module, state: Mapping[str, torch.Tensor], bn: str,
+                    device: str | torch.device, calibration: Iterable[Any] | None = None) -> nn.Module:
+    """Put a soup's state into ``model`` (strict), move it to ``device`` and apply the BN policy:
+    ``combine`` keeps the combined statistics, ``recalibrate`` re-estimates every BN layer's on the
+    ``calibration`` batches (on ``device``)."""
+    if bn not in SOUP_BN_POLICIES:
+        raise ValueError(f"soup bn must be one of {SOUP_BN_POLICIES}, got {bn!r}")
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
-    bn = spec.get("bn", "combine")
     if bn == "recalibrate":
         if calibration is None:
-            raise ValueError("bn: recalibrate needs calibration batches (pass calibration=...)")
-        recalibrate_bn(model, calibration, n_calibration_batches or spec.get("calibration_batches"), device)
-    elif bn != "combine":
-        raise ValueError(f"soup bn must be 'combine' or 'recalibrate', got {bn!r}")
+            raise ValueError("bn: recalibrate needs calibration batches")
+        recalibrate_soup_bn(model, calibration, device=device)
     return model
 
 
