@@ -4,7 +4,7 @@
     python benchmarks/bench_attacks.py --device cuda --reps 10
 
 Each row is one full training step (attack + forward + backward + SGD) through
-``AdversarialModule.train_inputs``, i.e. the code path training uses. The variants are interleaved
+``AdversarialModule.adversarial_batch``, i.e. the code path training uses. The variants are interleaved
 over ``--reps`` rounds and the median is reported, so load spikes from other processes hit all rows
 alike. Prints a markdown table (seconds per step and multiple of the nominal step).
 """
@@ -65,7 +65,7 @@ def main() -> None:
         adversarial = bool(kw)
 
         def step(m=m, opt=opt, adversarial=adversarial) -> None:
-            xb, yb = m.train_inputs(x, y) if adversarial else (x, y)
+            xb, yb = (m.adversarial_batch(x, y)[0], y) if adversarial else (x, y)
             loss = F.cross_entropy(m.model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -63,13 +63,13 @@ def test_max_picks_the_worst_norm_per_example() -> None:
             return out
 
     m.attacks = [Recorder(a) for a in m.attacks]
-    x_adv, _ = m.train_inputs(x, y)
+    x_adv, ids = m.adversarial_batch(x, y)
     m.model.eval()
     with torch.no_grad():
         losses = torch.stack([torch.nn.functional.cross_entropy(m.model(xa), y, reduction="none")
                               for xa in recorded], 1)
     worst = losses.argmax(1)
-    assert torch.equal(m._norm_ids, worst)
+    assert torch.equal(ids, worst)
     expected = torch.stack(recorded, 1)[torch.arange(len(y)), worst]
     assert torch.equal(x_adv, expected)
 
@@ -111,3 +111,98 @@ def test_one_training_step_updates_weights(mode: str, threats, kw, tmp_path) -> 
     assert any(k.startswith("train/adv_acc_") for k in keys), keys
     if mode == "eat":
         assert not torch.equal(m.robust_error_ema, ema_before)
+
+
+# ----- the step contract reproduces the pre-contract training step exactly -------------------------
+def _reference_adversarial_step(m: AdversarialModule, x: torch.Tensor, y: torch.Tensor, log) -> torch.Tensor:
+    """The training step as it was before ``step()``/``StepOutput`` (frozen copy): same RNG draws,
+    same forward passes in the same order, same logs."""
+    F = torch.nn.functional
+    if m.mode == "max":
+        xs = [atk(m.model, x, y) for atk in m.attacks]
+        m.model.eval()  # the attack's model mode, as _loss_per_threat scores it
+        with torch.no_grad():
+            per = torch.stack([F.cross_entropy(m.model(xa), y, reduction="none") for xa in xs], 1)
+        m.model.train()
+        ids = per.argmax(1)
+        x_adv = torch.stack(xs, 1)[torch.arange(len(y)), ids]
+    else:
+        if m.mode == "single":
+            j = 0
+        else:
+            k = len(m.threats)
+            probs = (m.robust_error_ema.detach().clamp_min(1e-3) / m.robust_error_ema.detach().clamp_min(1e-3).sum()
+                     if m.mode == "eat" else torch.full((k,), 1.0 / k))
+            j = int(torch.multinomial(probs, 1, generator=m._gen))
+        ids = torch.full((len(y),), j, dtype=torch.long)
+        x_adv = m.attacks[j](m.model, x, y)
+    logits = m.model(x_adv)
+    loss = F.cross_entropy(logits, y, label_smoothing=m.label_smoothing)
+    if m.clean_weight > 0:
+        clean = F.cross_entropy(m.model(x), y, label_smoothing=m.label_smoothing)
+        log("train/clean_loss", clean, batch_size=len(y))
+        loss = (1 - m.clean_weight) * loss + m.clean_weight * clean
+    correct = (logits.detach().argmax(1) == y).float()
+    for j, key in enumerate(m.threat_keys):
+        sel = ids == j
+        if int(sel.sum()) == 0:
+            continue
+        acc = correct[sel].mean()
+        log(f"train/adv_acc_{key}", acc, batch_size=int(sel.sum()))
+        if m.mode == "eat":
+            m.robust_error_ema[j] = m.eat_momentum * m.robust_error_ema[j] + (1 - m.eat_momentum) * float(1 - float(acc))
+    if m.mode in ("max", "sat", "eat"):
+        for j, key in enumerate(m.threat_keys):
+            log(f"train/frac_{key}", (ids == j).float().mean(), batch_size=len(y))
+        if m.mode == "eat":
+            for j, key in enumerate(m.threat_keys):
+                log(f"train/eat_err_{key}", m.robust_error_ema[j].clone(), batch_size=None)
+    log("train/loss", loss, batch_size=len(y))
+    log("train/acc", (logits.detach().argmax(1) == y).float().mean(), batch_size=len(y))
+    return loss
+
+
+class LogRecorder:
+    """Stands in for LightningModule.log: (name, value, batch_size) in call order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, torch.Tensor, int | None]] = []
+
+    def __call__(self, name, value, batch_size=None, **_: object) -> None:
+        if not torch.is_tensor(value):  # the torchmetrics accuracy object: read its batch value
+            value = value._forward_cache
+        self.calls.append((name, value.detach().clone(), batch_size))
+
+
+@pytest.mark.parametrize("mode,threats,kw", [
+    ("single", THREATS[:1], {}),
+    ("single", THREATS[:1], {"attack": "n_fgsm", "clean_weight": 0.3}),
+    ("single", THREATS[1:2], {"clean_weight": 0.5}),
+    ("max", THREATS, {}),
+    ("sat", THREATS, {}),
+    ("eat", [THREATS[0], THREATS[2]], {"label_smoothing": 0.1}),
+])
+def test_step_contract_matches_the_frozen_training_step(mode: str, threats, kw) -> None:
+    """Three SGD steps through ``training_step`` (new) and through the frozen reference give
+    bit-identical losses, logs, weights, E-AT errors and generator states."""
+    new, ref = make(mode, threats=threats, **kw), make(mode, threats=threats, **kw)
+    new.log, ref_log = LogRecorder(), LogRecorder()
+    new.train(), ref.train()
+    opts = [torch.optim.SGD(m.model.parameters(), lr=0.1) for m in (new, ref)]
+    for i in range(3):
+        x, y = batch(16)
+        x = x.roll(i, 0)
+        y = y.roll(2 * i, 0)
+        for m, opt, run in ((new, opts[0], lambda b: new.training_step(b, i)),
+                            (ref, opts[1], lambda b: _reference_adversarial_step(ref, *b, ref_log))):
+            opt.zero_grad()
+            loss = run((x, y))
+            loss.backward()
+            opt.step()
+    assert [(n, b) for n, _, b in new.log.calls] == [(n, b) for n, _, b in ref_log.calls]
+    assert all(torch.equal(a, b) for (_, a, _), (_, b, _) in zip(new.log.calls, ref_log.calls))
+    assert any(n.startswith("train/adv_acc_") for n, _, _ in new.log.calls)
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(new.model.state_dict()[k], v), k
+    assert torch.equal(new.robust_error_ema, ref.robust_error_ema)
+    assert torch.equal(new._gen.get_state(), ref._gen.get_state())

@@ -63,11 +63,75 @@ def test_schedules() -> None:
 def test_corruption_method_is_repeatable() -> None:
     cfg = _compose(["method=corruption", "method.corruptions=[gaussian_noise,contrast]", "method.severity=[3,5]"])
     x, y = torch.rand(16, 3, 32, 32), torch.randint(10, (16,))
-    a = build_method(cfg).train_inputs(x, y)[0]
-    b = build_method(cfg).train_inputs(x, y)[0]
+    a = build_method(cfg).corrupt_batch(x)
+    b = build_method(cfg).corrupt_batch(x)
     assert torch.equal(a, b)
     assert not torch.allclose(a, x)
     assert a.min() >= 0 and a.max() <= 1
+
+
+def _reference_step(m, x: torch.Tensor, y: torch.Tensor, log) -> torch.Tensor:
+    """The training step of nominal/corruption training as it was before ``step()``/``StepOutput``
+    (frozen copy): corruption draws from the private generator in the same order, then label-smoothed CE."""
+    import torch.nn.functional as F
+    from rws.corruptions import corrupt
+
+    if hasattr(m, "corruption_names"):
+        n = len(x)
+        which = torch.randint(len(m.corruption_names), (n,), generator=m._gen)
+        sev = torch.tensor(m.severities)[torch.randint(len(m.severities), (n,), generator=m._gen)]
+        keep_clean = torch.rand(n, generator=m._gen) < m.p_clean
+        out = x.clone()
+        for ci in which.unique().tolist():
+            for s in sev.unique().tolist():
+                idx = ((which == ci) & (sev == s) & ~keep_clean).nonzero().flatten()
+                if len(idx):
+                    out[idx] = corrupt(x[idx], m.corruption_names[ci], int(s), table=m.table, generator=m._gen)
+        x = out
+    logits = m.model(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=m.label_smoothing)
+    log("train/loss", loss, batch_size=len(y))
+    log("train/acc", (logits.detach().argmax(1) == y).float().mean(), batch_size=len(y))
+    return loss
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method=nominal", "method.label_smoothing=0.1"],
+    ["method=corruption", "method.corruptions=[gaussian_noise,contrast,jpeg_compression]", "method.severity=[2,5]",
+     "method.p_clean=0.25"],
+])
+def test_step_contract_matches_the_frozen_training_step(overrides: list[str]) -> None:
+    """Two SGD steps through ``training_step`` (the step contract) and through the frozen
+    pre-contract step give bit-identical losses, logged values, weights and generator states."""
+    cfg = _compose([*overrides, "model.width=0.25"])
+    calls: dict[str, list] = {"new": [], "ref": []}
+
+    def recorder(key):
+        def log(name, value, batch_size=None, **_):
+            value = value if torch.is_tensor(value) else value._forward_cache  # the accuracy metric
+            calls[key].append((name, value.detach().clone(), batch_size))
+        return log
+
+    torch.manual_seed(0)
+    new = build_method(cfg)
+    torch.manual_seed(0)
+    ref = build_method(cfg)
+    new.log = recorder("new")
+    opts = {"new": torch.optim.SGD(new.model.parameters(), lr=0.1), "ref": torch.optim.SGD(ref.model.parameters(), lr=0.1)}
+    g = torch.Generator().manual_seed(1)
+    for i in range(2):
+        x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(10, (8,), generator=g)
+        for key, run in (("new", lambda: new.training_step((x, y), i)),
+                         ("ref", lambda: _reference_step(ref, x, y, recorder("ref")))):
+            opts[key].zero_grad()
+            run().backward()
+            opts[key].step()
+    assert [(n, b) for n, _, b in calls["new"]] == [(n, b) for n, _, b in calls["ref"]]
+    assert all(torch.equal(a, b) for (_, a, _), (_, b, _) in zip(calls["new"], calls["ref"]))
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(new.model.state_dict()[k], v), k
+    if hasattr(ref, "_gen"):
+        assert torch.equal(new._gen.get_state(), ref._gen.get_state())
 
 
 def test_init_mismatch_lists_keys(tmp_path: Path) -> None:

@@ -4,6 +4,10 @@
 ``model.eval()`` and later ``model.train()``) would also flip submodules a caller had deliberately
 frozen in eval mode (e.g. BN layers kept in eval while fine-tuning). Recording every module's flag
 and writing each one back is the only way to undo that faithfully.
+
+These are train/eval *flags*. A model's *modes* (clean/robust adapters, a β mix) are another
+contract: rws.models.contracts (``using_mode``, ``ModeView``), which attacks honour by attacking
+through a ``ModeView`` or inside ``using_mode``.
 """
 
 from __future__ import annotations

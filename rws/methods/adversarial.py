@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from rws.attacks import build_attack, parse_threats
 from rws.attacks.modes import preserve_modes
 from rws.methods.base import ClassifierModule
+from rws.methods.step import StepOutput
 
 MODES = ("single", "max", "sat", "eat")
 
@@ -58,7 +59,6 @@ class AdversarialModule(ClassifierModule):
         self.threat_keys = [t.norm if norms.count(t.norm) == 1 else f"{t.norm}_{i}" for i, t in enumerate(parsed)]
         # Running training robust error per threat (E-AT); starts at 1 so sampling starts uniform.
         self.register_buffer("robust_error_ema", torch.ones(len(parsed)), persistent=True)
-        self._norm_ids: torch.Tensor | None = None
 
     # ----- norm selection -------------------------------------------------------------------
     def sampling_probs(self) -> torch.Tensor:
@@ -84,46 +84,46 @@ class AdversarialModule(ClassifierModule):
         with torch.no_grad(), preserve_modes(self.model, self.model_mode):
             return torch.stack([F.cross_entropy(self.model(xa), y, reduction="none") for xa in xs], 1)
 
-    # ----- the hook ---------------------------------------------------------------------------
-    def train_inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # ----- the step ---------------------------------------------------------------------------
+    def adversarial_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_adv, threat index per example): max attacks in every threat model and keeps each
+        example's highest-loss perturbation; single/sat/eat attack the whole batch in one threat."""
         if self.mode == "max":
             xs = [atk(self.model, x, y) for atk in self.attacks]
             worst = self._loss_per_threat(xs, y).argmax(1)
             x_adv = torch.stack(xs, 1)[torch.arange(len(y), device=x.device), worst]
-            self._norm_ids = worst
-            return x_adv, y
+            return x_adv, worst
         j = self._pick_threat()
-        self._norm_ids = torch.full((len(y),), j, device=x.device, dtype=torch.long)
-        return self.attacks[j](self.model, x, y), y
+        ids = torch.full((len(y),), j, device=x.device, dtype=torch.long)
+        return self.attacks[j](self.model, x, y), ids
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        x_adv, y_adv = self.train_inputs(x, y)
-        logits = self.model(x_adv)
-        loss = F.cross_entropy(logits, y_adv, label_smoothing=self.label_smoothing)
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        x_adv, ids = self.adversarial_batch(x, y)
+        out = self.supervised_step(x_adv, y)
         if self.clean_weight > 0:
             clean = F.cross_entropy(self.model(x), y, label_smoothing=self.label_smoothing)
-            self.log("train/clean_loss", clean, on_step=False, on_epoch=True, batch_size=len(y))
-            loss = (1 - self.clean_weight) * loss + self.clean_weight * clean
-        correct = (logits.detach().argmax(1) == y_adv).float()
-        ids = self._norm_ids if self._norm_ids is not None else torch.zeros_like(y_adv)
+            out.log("train/clean_loss", clean, len(y))
+            out.loss = (1 - self.clean_weight) * out.loss + self.clean_weight * clean
+        self._record_threat_stats(out, ids)
+        return out
+
+    def _record_threat_stats(self, out: StepOutput, ids: torch.Tensor) -> None:
+        """Robust accuracy per threat model (and the E-AT error update it feeds); for max/sat/eat
+        the fraction of examples each threat trained on; for eat the running errors."""
+        correct = (out.logits.detach().argmax(1) == out.target).float()
         for j, key in enumerate(self.threat_keys):
             sel = ids == j
             n = int(sel.sum())
             if n == 0:
                 continue
             acc = correct[sel].mean()
-            self.log(f"train/adv_acc_{key}", acc, on_step=False, on_epoch=True, batch_size=n)
+            out.log(f"train/adv_acc_{key}", acc, n)
             if self.mode == "eat":
                 self.update_error_ema(j, 1.0 - float(acc))
         if self.mode in ("max", "sat", "eat"):
             for j, key in enumerate(self.threat_keys):
-                self.log(f"train/frac_{key}", (ids == j).float().mean(), on_step=False, on_epoch=True,
-                         batch_size=len(y))
+                out.log(f"train/frac_{key}", (ids == j).float().mean(), len(ids))
             if self.mode == "eat":
                 for j, key in enumerate(self.threat_keys):
-                    self.log(f"train/eat_err_{key}", self.robust_error_ema[j], on_step=False, on_epoch=True)
-        self.train_acc(logits.detach(), y_adv)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
-        self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
-        return loss
+                    # A copy: the buffer keeps moving after this step.
+                    out.log(f"train/eat_err_{key}", self.robust_error_ema[j].clone())

@@ -1,6 +1,7 @@
 """The LightningModule every training method builds on.
 
-Subclasses change only how a training batch is made (``train_inputs``): corrupt it, attack it.
+Subclasses change only how a training batch becomes a loss: ``step(x, y) -> StepOutput`` (see
+rws/methods/step.py and docs/methods.md). The base class logs, measures accuracy and returns the loss.
 Hyperparameters are stored as plain containers so Lightning checkpoints load with
 ``weights_only=True`` (a DictConfig or nn.Module in ``hyper_parameters`` would not unpickle).
 """
@@ -12,16 +13,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from rws.methods.optim import build_optimizer, lr_factor
+from rws.methods.step import StepOutput
+from rws.utils.config import to_plain
 from rws.weights.export import build_model
-
-
-def to_plain(obj: Any) -> Any:
-    return OmegaConf.to_container(obj, resolve=True) if isinstance(obj, DictConfig) else obj
 
 
 class ClassifierModule(pl.LightningModule):
@@ -45,19 +43,30 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def train_inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hook: transform a training batch (pixels in [0, 1]) before the loss."""
-        return x, y
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """The method's hook: how a training batch (pixels in [0, 1], labels) becomes a loss.
+        Nominal training: cross-entropy on the clean batch."""
+        return self.supervised_step(x, y)
+
+    def supervised_step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """Label-smoothed cross-entropy of ``self.model(x)`` against ``y``: the building block of
+        methods that only change the inputs (corrupt them, attack them)."""
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        return StepOutput(loss=loss, logits=logits, target=y)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        x, y = self.train_inputs(x, y)
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        self.train_acc(logits.detach(), y)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
-        self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
-        return loss
+        out = self.step(x, y)
+        if not isinstance(out, StepOutput):
+            raise TypeError(f"{type(self).__name__}.step must return a StepOutput, got {type(out).__name__}")
+        for name, (value, n) in out.logs.items():
+            self.log(name, value, on_step=False, on_epoch=True, batch_size=n)
+        n = len(out.target)
+        self.train_acc(out.logits.detach(), out.target)
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
+        return out.loss
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metric: MulticlassAccuracy, prefix: str) -> None:
         x, y = batch

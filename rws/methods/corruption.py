@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import torch
 
 from rws.methods.base import ClassifierModule
+from rws.methods.step import StepOutput
 
 
 class CorruptionModule(ClassifierModule):
@@ -34,7 +35,11 @@ class CorruptionModule(ClassifierModule):
         # global RNG that data augmentation and dropout consume.
         self._gen = torch.Generator().manual_seed(int(seed))
 
-    def train_inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        return self.supervised_step(self.corrupt_batch(x), y)
+
+    def corrupt_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with each sample corrupted by a random (corruption, severity), drawn from the private generator."""
         from rws.corruptions import corrupt
 
         n = len(x)
@@ -49,4 +54,4 @@ class CorruptionModule(ClassifierModule):
                 if len(idx):
                     out[idx.to(x.device)] = corrupt(x[idx.to(x.device)], self.corruption_names[ci], int(s),
                                                     table=self.table, generator=self._gen)
-        return out, y
+        return out
