@@ -1,16 +1,21 @@
-"""rws.models: factory, normalization wrapper, parameter counts, layer groups, model configs."""
+"""rws.models: registry, factory, normalization wrapper, parameter counts, layer groups, model configs,
+the RobustBench loader."""
 
 from __future__ import annotations
 
 import functools
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from rws.models import MODEL_NAMES, Normalized, create_model, head_keys, layer_groups, shallow_keys
-from rws.config import CONF_DIR
+from rws.config import CONF_DIR, compose
+from rws.models import (MODEL_NAMES, Normalized, create_model, head_keys, layer_groups, list_families, list_models,
+                        register_model, shallow_keys)
+from rws.models.registry import MODEL_NAME_ATTR, lookup
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 7
@@ -161,9 +166,9 @@ def test_layer_groups_named_structure() -> None:
     assert shallow_keys(_meta("vgg16"), 0) == []
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_layer_groups_follow_forward_order(name: str) -> None:
-    model = _cpu_model(name)
+def _group_starts(model: nn.Module) -> list[int | None]:
+    """For each layer group, when (in module-call order) its first module runs on a forward; None
+    for a group none of whose modules runs."""
     owner_of = {}
     for mod_name, mod in model.named_modules():
         for k in list(mod.state_dict(keep_vars=True)):
@@ -180,7 +185,15 @@ def test_layer_groups_follow_forward_order(name: str) -> None:
         model(torch.rand(2, 3, 32, 32))
     for h in hooks:
         h.remove()
-    starts = [min(first_call[id(owner_of[k])] for k in keys) for _, keys in layer_groups(model)]
+    calls = [[first_call[id(owner_of[k])] for k in keys if id(owner_of[k]) in first_call]
+             for _, keys in layer_groups(model)]
+    return [min(c) if c else None for c in calls]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_layer_groups_follow_forward_order(name: str) -> None:
+    starts = _group_starts(_cpu_model(name))
+    assert None not in starts
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
 
 
@@ -201,18 +214,213 @@ def test_timm_passthrough() -> None:
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 4)
 
 
-@pytest.mark.parametrize("path", sorted((CONF_DIR / "model").glob("*.yaml")), ids=lambda p: p.stem)
-def test_model_configs_instantiate(path: Path) -> None:
-    from hydra.utils import instantiate
+MODEL_CONFIGS = sorted((CONF_DIR / "model").glob("*.yaml"))
+# One concrete member per registered family, so the registry loop covers families too.
+FAMILY_EXAMPLES = {"timm/": "timm/resnet18", "robustbench/": "robustbench/Carmon2019Unlabeled"}
+
+
+def _config_of(name: str) -> Path | None:
     from omegaconf import OmegaConf
 
-    data = {"num_classes": 10, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    cfg = OmegaConf.merge({"data": data}, {"model": OmegaConf.load(path)})
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    return next((p for p in MODEL_CONFIGS if OmegaConf.load(p).name == name), None)
+
+
+def _composed_model_cfg(path: Path) -> dict:
+    """conf/model/<stem>.yaml as the train config composes and resolves it."""
+    from omegaconf import OmegaConf
+
+    cfg = compose("train", [f"model={path.stem}"])
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def test_registry_lists_every_model_once() -> None:
+    assert MODEL_NAMES == list_models() and len(set(MODEL_NAMES)) == len(MODEL_NAMES)
+    assert MODEL_NAMES[:3] == ("small_cnn", "vgg16", "vgg16_bn")
+    assert set(list_families()) == set(FAMILY_EXAMPLES)
+    # Every registered name has a cheap variant here, so the loops below cannot skip a new model.
+    assert set(SMALL_KW) == set(MODEL_NAMES)
+    assert lookup("timm/convnext_atto")[1] == "convnext_atto" and lookup("vgg16")[1] is None
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model("vgg16")(lambda num_classes, **kw: nn.Linear(1, num_classes))
+    with pytest.raises(ValueError, match=r"unknown model 'timm/'.*timm/<name>.*robustbench/<name>"):
+        create_model("timm/", 10)
+
+
+@pytest.mark.parametrize("name", [*MODEL_NAMES, *FAMILY_EXAMPLES.values()])
+def test_every_registered_model(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm-style loop: a small build forwards to (2, C), its layer groups cover every key exactly
+    once, and its model config (if any) composes and builds."""
+    kw = dict(SMALL_KW.get(name, {}))
+    num_classes = NUM_CLASSES
+    if name.startswith("robustbench/"):
+        pytest.importorskip("robustbench.utils", reason="robustbench is not installed")
+        num_classes = 10
+        # The model config's model_dir is ${paths.cache_dir}/robustbench: point the cache here.
+        monkeypatch.setenv("RWS_CACHE", str(tmp_path))
+        kw = {"dataset": "cifar10", "threat_model": "Linf", "model_dir": tmp_path / "robustbench"}
+        _save_robustbench_weights(tmp_path / "robustbench", "Carmon2019Unlabeled", "cifar10", "Linf")
+    torch.manual_seed(0)
+    model = create_model(name, num_classes, **kw).eval()
+    assert getattr(model.net, MODEL_NAME_ATTR) == name
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, num_classes) and torch.isfinite(out).all()
+    groups = layer_groups(model)
+    flat = [k for _, keys in groups for k in keys]
+    assert sorted(flat) == sorted(model.state_dict()) and all(keys for _, keys in groups)
+
+    path = _config_of(name)
+    if path is None:
+        return
+    cfg = _composed_model_cfg(path)
+    from hydra.utils import instantiate
+
+    assert cfg["_target_"] == "rws.models.create_model" and cfg["name"] == name
+    with torch.device("meta"):
+        built = instantiate(cfg)
+    assert isinstance(built, Normalized) and built.net.state_dict()
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_model_configs_instantiate(path: Path) -> None:
+    from hydra.utils import instantiate
+
+    model_cfg = _composed_model_cfg(path)
     assert model_cfg["_target_"] == "rws.models.create_model"
+    entry, _ = lookup(model_cfg["name"])  # every config names a registered model
+    if entry.name == "robustbench/":
+        assert model_cfg["model_dir"].endswith("/robustbench") and "mean" not in model_cfg
+        pytest.importorskip("robustbench.utils", reason="robustbench is not installed")
+        return  # building it needs the published weights; test_every_registered_model covers the build
+    # Composed with the default data (digits): mean/std/num_classes come from there.
+    assert model_cfg["num_classes"] == 10 and len(model_cfg["mean"]) == 3
     with torch.device("meta"):
         model = instantiate(model_cfg)
     assert isinstance(model, Normalized)
     assert model.net.state_dict()  # something was built
     if path.stem == "vgg16_bn_narrow":
         assert model.net.classifier.in_features == 128
+
+
+# ---------------------------------------------------------------- RobustBench
+
+class _FakeZooNet(nn.Module):
+    """Stands in for a RobustBench model: normalizes inside, returned in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1))
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv1(x - self.mu).mean((2, 3)))
+
+
+@pytest.fixture()
+def fake_robustbench(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """A ``robustbench`` package whose load_model records its arguments (no download, no real zoo)."""
+    calls: list[dict] = []
+
+    def load_model(model_name, model_dir="./models", dataset="cifar10", threat_model="Linf"):
+        calls.append({"model_name": model_name, "model_dir": model_dir, "dataset": dataset,
+                      "threat_model": threat_model})
+        torch.manual_seed(1)
+        return _FakeZooNet().eval()
+
+    package, utils = types.ModuleType("robustbench"), types.ModuleType("robustbench.utils")
+    utils.load_model = load_model
+    package.utils = utils
+    monkeypatch.setitem(sys.modules, "robustbench", package)
+    monkeypatch.setitem(sys.modules, "robustbench.utils", utils)
+    return calls
+
+
+def test_robustbench_wrapper_contract(fake_robustbench: list[dict], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    model = create_model("robustbench/Foo2024Bar", 10, dataset="cifar10", threat_model="L2", model_dir=tmp_path)
+    assert fake_robustbench == [{"model_name": "Foo2024Bar", "model_dir": str(tmp_path), "dataset": "cifar10",
+                                 "threat_model": "L2"}]
+    # Pixel space in, no second normalization: the wrapper is the identity (mean 0, std 1) ...
+    assert isinstance(model, Normalized) and model.mean.flatten().tolist() == [0.0, 0.0, 0.0]
+    assert model.std.flatten().tolist() == [1.0, 1.0, 1.0]
+    assert model.training and model.net.training  # one mode for the whole tree, as for every model
+    model.eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.net(x))  # ... so the logits are the zoo model's, bit for bit
+    assert list(model.state_dict()) == ["net.mu", "net.conv1.weight", "net.conv1.bias", "net.fc.weight", "net.fc.bias"]
+    # No ResNet/ViT/WRN shape: the generic fallback, one group per module.
+    assert [n for n, _ in layer_groups(model)] == ["(root)", "conv1", "fc"]
+    # model_dir defaults into the rws cache.
+    monkeypatch.setenv("RWS_CACHE", str(tmp_path / "cache"))
+    create_model("robustbench/Foo2024Bar", 100, dataset="cifar100", threat_model="corruptions")
+    assert fake_robustbench[-1]["model_dir"] == str(tmp_path / "cache" / "robustbench")
+    assert fake_robustbench[-1]["dataset"] == "cifar100"
+
+
+def test_robustbench_errors(fake_robustbench: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = {"dataset": "cifar10", "threat_model": "Linf"}
+    with pytest.raises(ValueError, match="dataset must be one of cifar10, cifar100, imagenet"):
+        create_model("robustbench/X", 10, dataset="svhn", threat_model="Linf")
+    with pytest.raises(ValueError, match="threat_model must be one of Linf, L2, corruptions"):
+        create_model("robustbench/X", 10, dataset="cifar10", threat_model="linf")
+    with pytest.raises(ValueError, match="num_classes=100 but cifar10 models have 10"):
+        create_model("robustbench/X", 100, **ok)
+    with pytest.raises(ValueError, match="normalizes its input itself"):
+        create_model("robustbench/X", 10, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), **ok)
+    with pytest.raises(ValueError, match="width"):
+        create_model("robustbench/X", 10, width=0.5, **ok)
+    with pytest.raises(ValueError, match="drop_rate"):
+        create_model("robustbench/X", 10, drop_rate=0.1, **ok)
+    assert fake_robustbench == []  # every mistake is caught before loading anything
+    monkeypatch.setitem(sys.modules, "robustbench", None)  # not installed
+    monkeypatch.setitem(sys.modules, "robustbench.utils", None)
+    with pytest.raises(ImportError, match="needs the robustbench package.*pip install robustbench"):
+        create_model("robustbench/X", 10, **ok)
+
+
+def _save_robustbench_weights(model_dir: Path, name: str, dataset: str, threat_model: str) -> dict:
+    """Random weights for zoo model ``name``, saved where robustbench.utils.load_model looks, in the
+    checkpoint form it unwraps ({'state_dict': {'module.<key>': tensor}}). Returns the plain state dict."""
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    torch.manual_seed(123)
+    reference = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)][name]["model"]()
+    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in reference.state_dict().items()}
+    path = model_dir / dataset / threat_model / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    return state
+
+
+@pytest.mark.parametrize(("name", "groups"), [
+    ("Carmon2019Unlabeled", ["stem", "block1.layer.0", "block1.layer.1"]),   # WRN-28-10: our WRN rule
+    ("Wong2020Fast", ["stem", "layer1.0", "layer1.1"]),                     # PreAct ResNet-18: ResNet rule
+])
+def test_robustbench_loads_published_layout(name: str, groups: list[str], tmp_path: Path) -> None:
+    """The real robustbench loader, on weights we saved in its layout: same logits as the zoo model."""
+    pytest.importorskip("robustbench.utils", reason="robustbench is not installed")
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    state = _save_robustbench_weights(tmp_path, name, "cifar10", "Linf")
+    model = create_model(f"robustbench/{name}", 10, dataset="cifar10", threat_model="Linf", model_dir=tmp_path).eval()
+    reference = model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf][name]["model"]()
+    reference.load_state_dict(state)
+    reference.eval()
+    assert list(model.state_dict()) == [f"net.{k}" for k in state]
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[f"net.{k}"], v) for k, v in state.items())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    layer_names = [n for n, _ in layer_groups(model)]
+    assert layer_names[:3] == groups and layer_names[-1] == ("fc" if name.startswith("Carmon") else "linear")
+    flat = [k for _, keys in layer_groups(model) for k in keys]
+    assert sorted(flat) == sorted(model.state_dict())
+    # Forward order, leaving out modules the forward never calls (Carmon's checkpoint carries an unused sub_block1).
+    starts = [s for s in _group_starts(model) if s is not None]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)

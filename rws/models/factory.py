@@ -1,68 +1,22 @@
-"""``create_model``: the one way rws builds a classifier (see docs/models.md)."""
+"""``create_model``: the one way rws builds a classifier (see docs/models.md).
+
+The names come from the registry (rws/models/registry.py); this module only does what every model
+shares: argument checks, the width/pretrained rules, the name tag layer_groups reads, and the
+``Normalized`` wrapper.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
-
 from rws.models.normalize import Normalized
+from rws.models.registry import MODEL_NAME_ATTR, lookup
 
-TIMM_PREFIX = "timm/"
-
-
-def _vgg(bn: bool) -> Callable[..., nn.Module]:
-    def build(num_classes: int, width: float, drop_rate: float, **kw: Any) -> nn.Module:
-        from rws.models.vgg import VGG
-
-        return VGG(num_classes, batch_norm=bn, width=width, drop_rate=drop_rate, **kw)
-    return build
-
-
-def _small_cnn(num_classes: int, width: float, drop_rate: float, bn: bool = True) -> nn.Module:
-    from rws.models.small_cnn import SmallCNN
-
-    return SmallCNN(num_classes, width=width, bn=bn, drop_rate=drop_rate)
-
-
-def _resnet18_cifar(num_classes: int, width: float, drop_rate: float) -> nn.Module:
-    from rws.models.resnet_cifar import resnet18_cifar
-
-    return resnet18_cifar(num_classes, width=width, drop_rate=drop_rate)
-
-
-def _resnet50_cifar(num_classes: int, width: float, drop_rate: float) -> nn.Module:
-    from rws.models.resnet_cifar import resnet50_cifar
-
-    return resnet50_cifar(num_classes, width=width, drop_rate=drop_rate)
-
-
-def _preact_resnet18(num_classes: int, width: float, drop_rate: float) -> nn.Module:
-    from rws.models.preact_resnet import preact_resnet18
-
-    return preact_resnet18(num_classes, width=width, drop_rate=drop_rate)
-
-
-def _wrn(num_classes: int, width: float, drop_rate: float, depth: int = 28, widen_factor: float = 10) -> nn.Module:
-    from rws.models.wide_resnet import WideResNet
-
-    return WideResNet(num_classes, depth=depth, widen_factor=widen_factor, width=width, drop_rate=drop_rate)
-
-
-# Builders that accept a width multiplier; the rest are fixed timm architectures.
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": _small_cnn,
-    "vgg16": _vgg(bn=False),
-    "vgg16_bn": _vgg(bn=True),
-    "resnet18_cifar": _resnet18_cifar,
-    "resnet50_cifar": _resnet50_cifar,
-    "preact_resnet18": _preact_resnet18,
-    "wrn28_10": _wrn,
-}
-_TIMM_FIXED = ("resnet50", "vit_tiny_patch4_32", "vit_small_patch4_32")
-
-MODEL_NAMES: tuple[str, ...] = (*_BUILDERS, *_TIMM_FIXED)
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+IDENTITY_MEAN = (0.0, 0.0, 0.0)
+IDENTITY_STD = (1.0, 1.0, 1.0)
 
 
 def _no_width(name: str, width: float) -> None:
@@ -71,15 +25,25 @@ def _no_width(name: str, width: float) -> None:
         raise ValueError(f"model {name!r} has no width multiplier; width must be 1.0, got {width}")
 
 
-def create_model(name: str, num_classes: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5), width: float = 1.0, pretrained: bool = False,
+def _check_no_normalization(name: str, mean: Sequence[float], std: Sequence[float]) -> None:
+    # The model standardizes its input itself; a second standardization would silently shift it.
+    given = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    if given not in ((DEFAULT_MEAN, DEFAULT_STD), (IDENTITY_MEAN, IDENTITY_STD)):
+        raise ValueError(f"model {name!r} normalizes its input itself (pixels in [0, 1]); leave mean/std "
+                         f"out of its model config (got mean={list(given[0])} std={list(given[1])})")
+
+
+def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_MEAN,
+                 std: Sequence[float] = DEFAULT_STD, width: float = 1.0, pretrained: bool = False,
                  drop_rate: float = 0.0, **kwargs: Any) -> Normalized:
     """Build classifier ``name`` wrapped in :class:`Normalized` (input pixels in [0, 1]).
 
-    ``name`` is one of :data:`MODEL_NAMES` or ``timm/<timm model name>``. ``kwargs`` go to the
+    ``name`` is one of ``rws.models.list_models()`` or ``<family>/<name>`` for a registered family
+    (``timm/<timm model name>``, ``robustbench/<RobustBench model name>``). ``kwargs`` go to the
     architecture (``small_cnn``: ``bn``; ``wrn28_10``: ``depth``, ``widen_factor``; ViT and
-    ``timm/*``: timm keyword arguments). Only ``timm/*`` and ``resnet50`` can load pretrained weights
-    (which needs the internet or a filled timm/HF cache).
+    ``timm/*``: timm keyword arguments; ``robustbench/*``: ``dataset``, ``threat_model``,
+    ``model_dir``). Only ``timm/*`` and ``resnet50`` can load pretrained weights (which needs the
+    internet or a filled timm/HF cache); ``robustbench/*`` always loads its published weights.
     """
     num_classes = int(num_classes)
     if num_classes < 1:
@@ -89,32 +53,21 @@ def create_model(name: str, num_classes: int, mean: Sequence[float] = (0.5, 0.5,
         raise ValueError(f"width must be > 0, got {width}")
     drop_rate = float(drop_rate)
 
-    if name.startswith(TIMM_PREFIX):
-        import timm
-
+    entry, arch = lookup(name)
+    if not entry.width:
         _no_width(name, width)
-        net = timm.create_model(name[len(TIMM_PREFIX):], pretrained=bool(pretrained), num_classes=num_classes,
-                                drop_rate=drop_rate, **kwargs)
-    elif name == "resnet50":
-        import timm
+    if pretrained and not entry.pretrained:
+        raise ValueError(f"{name} has no pretrained weights; {entry.no_pretrained_hint}")
+    if entry.normalizes_inside:
+        _check_no_normalization(name, mean, std)
+        mean, std = IDENTITY_MEAN, IDENTITY_STD  # (x - 0) / 1 is exactly x: logits are the model's own
 
-        _no_width(name, width)
-        # timm's resnet50 has torchvision's layout and key names (conv1/bn1/layer1.0.conv1/.../fc)
-        # and resets the head itself when pretrained weights have another class count.
-        net = timm.create_model("resnet50", pretrained=bool(pretrained), num_classes=num_classes,
-                                drop_rate=drop_rate, **kwargs)
-    elif name in ("vit_tiny_patch4_32", "vit_small_patch4_32"):
-        from rws.models.vit import create_vit
-
-        _no_width(name, width)
-        if pretrained:
-            raise ValueError(f"{name} has no pretrained weights (patch 4 at 32px); use timm/<name> for those")
-        net = create_vit(name, num_classes, drop_rate=drop_rate, **kwargs)
-    elif name in _BUILDERS:
-        if pretrained:
-            raise ValueError(f"{name} has no pretrained weights; train it or pass init=<export dir>")
-        net = _BUILDERS[name](num_classes, width=width, drop_rate=drop_rate, **kwargs)
-    else:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}, "
-                         f"or {TIMM_PREFIX}<any timm model name>")
+    args = () if arch is None else (arch,)
+    options: dict[str, Any] = {"drop_rate": drop_rate, **kwargs}
+    if entry.width:
+        options["width"] = width
+    if entry.pretrained:
+        options["pretrained"] = bool(pretrained)
+    net = entry.build(*args, num_classes, **options)
+    setattr(net, MODEL_NAME_ATTR, name)
     return Normalized(net, mean=mean, std=std)

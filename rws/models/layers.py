@@ -1,13 +1,17 @@
 """Which state-dict keys make up each "layer", in forward order.
 
 The RWS paper stores robust weight signatures only for the shallowest k layers, so "layer" needs a
-fixed meaning per architecture (docs/models.md, "Layer rule"):
+fixed meaning per architecture (docs/models.md, "Layer rule"). Each architecture registers its rule
+with ``register_model(..., layer_rule=...)``; this module holds the rules several architectures
+share and the one generic fallback:
 
-* conv chains (VGG, small_cnn): each conv with the BN right after it, then the classifier;
-* ResNets (either stem, PreAct, WRN): the stem (conv1 + bn1), each residual block with its
-  downsample/shortcut, the final norm if any, then the head;
-* ViT: the embedding (patch_embed, cls/reg token, pos_embed), each block, the final norm, the head;
-* anything else: one group per module that owns parameters or buffers, in registration order.
+* ``conv_chain`` (VGG, small_cnn): each conv with the BN right after it, then the classifier;
+* ``resnet_blocks`` (either stem, PreAct, WRN, timm ResNets): the stem (conv1 + bn1), each residual
+  block with its downsample/shortcut, the final norm if any, then the head;
+* ``vit_blocks``: the embedding (patch_embed, cls/reg token, pos_embed), each block, the final norm, the head;
+* ``detect_blocks`` (timm passthrough, RobustBench): ``resnet_blocks`` or ``vit_blocks`` when the
+  module has that shape, else the fallback;
+* ``fallback_groups``: one group per module that owns parameters or buffers, in registration order.
 
 BN running statistics belong to the layer of their BN, so a group is everything needed to swap a
 layer between two models.
@@ -20,6 +24,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from rws.models.normalize import Normalized
+from rws.models.registry import MODEL_NAME_ATTR, LayerRule, LayerSpec, lookup
 
 Groups = list[tuple[str, list[str]]]
 
@@ -38,7 +43,9 @@ def _under(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
 
 
-def _fallback(keys: Iterable[str]) -> Groups:
+def fallback_groups(keys: Iterable[str]) -> Groups:
+    """The generic rule: one group per owning module, in state-dict (= registration) order; tensors
+    registered on the root module form one group "(root)"."""
     # state_dict order is registration order: a module's own tensors, then its children's.
     groups: dict[str, list[str]] = {}
     for k in keys:
@@ -46,9 +53,9 @@ def _fallback(keys: Iterable[str]) -> Groups:
     return list(groups.items())
 
 
-def _conv_chain(net: nn.Module) -> Groups:
+def conv_chain(net: nn.Module) -> LayerSpec:
     """A new group at every conv (and linear); norms and other parametrized modules join the open one."""
-    spec: list[tuple[str, list[str]]] = []
+    spec: LayerSpec = []
     for name, mod in net.named_modules():
         if not name or not (list(mod.parameters(recurse=False)) or list(mod.buffers(recurse=False))):
             continue
@@ -59,8 +66,9 @@ def _conv_chain(net: nn.Module) -> Groups:
     return spec
 
 
-def _resnet(net: nn.Module) -> Groups:
-    spec: list[tuple[str, list[str]]] = [("stem", [p for p in ("conv1", "bn1") if hasattr(net, p)])]
+def resnet_blocks(net: nn.Module) -> LayerSpec:
+    """stem (conv1 + bn1), each block of layer1..N, the final norm if any, the head."""
+    spec: LayerSpec = [("stem", [p for p in ("conv1", "bn1") if hasattr(net, p)])]
     i = 1
     while hasattr(net, f"layer{i}"):
         stage = getattr(net, f"layer{i}")
@@ -75,28 +83,36 @@ def _resnet(net: nn.Module) -> Groups:
     return spec
 
 
-def _vit(net: nn.Module) -> Groups:
-    spec: list[tuple[str, list[str]]] = [("embed", ["patch_embed", "cls_token", "reg_token", "pos_embed"])]
+def vit_blocks(net: nn.Module) -> LayerSpec:
+    """embed (patch_embed, cls/reg token, pos_embed), each of blocks.i, norm (+fc_norm), head."""
+    spec: LayerSpec = [("embed", ["patch_embed", "cls_token", "reg_token", "pos_embed"])]
     spec += [(f"blocks.{i}", [f"blocks.{i}"]) for i, _ in enumerate(net.blocks)]
     spec.append(("norm", ["norm", "fc_norm"]))
     spec.append(("head", ["attn_pool", "head"]))
     return spec
 
 
-def _rule(net: nn.Module) -> Groups | None:
-    from rws.models.small_cnn import SmallCNN
-    from rws.models.vgg import VGG
-
-    if isinstance(net, (VGG, SmallCNN)):
-        return _conv_chain(net)
+def detect_blocks(net: nn.Module) -> LayerSpec | None:
+    """For models of unknown class (any timm model, RobustBench): the ResNet or ViT rule when the
+    module has that shape, else None (the generic fallback)."""
     if hasattr(net, "conv1") and hasattr(net, "layer1"):
-        return _resnet(net)
+        return resnet_blocks(net)
     if hasattr(net, "patch_embed") and isinstance(getattr(net, "blocks", None), nn.Sequential):
-        return _vit(net)
+        return vit_blocks(net)
     return None
 
 
-def _assign(spec: Groups, keys: list[str]) -> Groups:
+def _rule(net: nn.Module) -> LayerRule | None:
+    """The registered rule of the model create_model built ``net`` as; a module from elsewhere is
+    treated like a timm passthrough model."""
+    name = getattr(net, MODEL_NAME_ATTR, None)
+    if name is None:
+        return detect_blocks
+    entry, _ = lookup(name)
+    return entry.layer_rule
+
+
+def _assign(spec: LayerSpec, keys: list[str]) -> Groups:
     """Map each key to the first group with a matching module prefix. Keys no rule names (a module a
     newer timm adds, say) become fallback groups just before the head, so nothing is ever dropped."""
     owned: dict[str, list[str]] = {name: [] for name, _ in spec}
@@ -110,17 +126,18 @@ def _assign(spec: Groups, keys: list[str]) -> Groups:
             leftover.append(k)
     groups = [(name, owned[name]) for name, _ in spec if owned[name]]
     if leftover:
-        groups = groups[:-1] + _fallback(leftover) + groups[-1:]
+        groups = groups[:-1] + fallback_groups(leftover) + groups[-1:]
     return groups
 
 
-def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
+def layer_groups(model: nn.Module) -> Groups:
     """``[(layer name, [state-dict keys]), ...]`` in forward order; every key of
     ``model.state_dict()`` is in exactly one group. Keys of a :class:`Normalized` model carry ``net.``."""
     net, prefix = _unwrap(model)
     keys = list(net.state_dict().keys())
-    spec = _rule(net)
-    groups = _fallback(keys) if spec is None else _assign(spec, keys)
+    rule = _rule(net)
+    spec = None if rule is None else rule(net)
+    groups = fallback_groups(keys) if spec is None else _assign(spec, keys)
     return [(name, [prefix + k for k in ks]) for name, ks in groups]
 
 

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rws.models._common import scaled
+from rws.models.layers import resnet_blocks
+from rws.models.registry import register_model
 
 
 class PreActBlock(nn.Module):
@@ -59,5 +61,6 @@ class PreActResNet(nn.Module):
         return self.fc(self.dropout(self.pool(x).flatten(1)))
 
 
+@register_model("preact_resnet18", layer_rule=resnet_blocks)
 def preact_resnet18(num_classes: int, width: float = 1.0, drop_rate: float = 0.0) -> PreActResNet:
     return PreActResNet((2, 2, 2, 2), num_classes, width=width, drop_rate=drop_rate)

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from rws.models._common import scaled
+from rws.models.layers import resnet_blocks
+from rws.models.registry import register_model
 
 
 def _downsample(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
@@ -89,9 +91,11 @@ class ResNetCifar(nn.Module):
         return self.fc(self.dropout(self.pool(x).flatten(1)))
 
 
+@register_model("resnet18_cifar", layer_rule=resnet_blocks)
 def resnet18_cifar(num_classes: int, width: float = 1.0, drop_rate: float = 0.0) -> ResNetCifar:
     return ResNetCifar(BasicBlock, (2, 2, 2, 2), num_classes, width=width, drop_rate=drop_rate)
 
 
+@register_model("resnet50_cifar", layer_rule=resnet_blocks)
 def resnet50_cifar(num_classes: int, width: float = 1.0, drop_rate: float = 0.0) -> ResNetCifar:
     return ResNetCifar(Bottleneck, (3, 4, 6, 3), num_classes, width=width, drop_rate=drop_rate)

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from rws.models._common import scaled
+from rws.models.layers import conv_chain
+from rws.models.registry import register_model
 
 
 class ConvBlock(nn.Module):
@@ -41,3 +43,8 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.pool(self.blocks(x)).flatten(1)))
+
+
+@register_model("small_cnn", layer_rule=conv_chain)
+def small_cnn(num_classes: int, width: float, drop_rate: float, bn: bool = True) -> SmallCNN:
+    return SmallCNN(num_classes, width=width, bn=bn, drop_rate=drop_rate)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from rws.models._common import scaled
+from rws.models.layers import conv_chain
+from rws.models.registry import register_model
 
 # "M" is a 2x2 max-pool. Five pools take 32px to 1x1, which is why the head is a single Linear(512, C).
 VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -44,3 +48,13 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x)).flatten(1)
         return self.classifier(self.dropout(x))
+
+
+@register_model("vgg16", layer_rule=conv_chain)
+def vgg16(num_classes: int, width: float, drop_rate: float, **kw: Any) -> VGG:
+    return VGG(num_classes, batch_norm=False, width=width, drop_rate=drop_rate, **kw)
+
+
+@register_model("vgg16_bn", layer_rule=conv_chain)
+def vgg16_bn(num_classes: int, width: float, drop_rate: float, **kw: Any) -> VGG:
+    return VGG(num_classes, batch_norm=True, width=width, drop_rate=drop_rate, **kw)

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rws.models._common import scaled
+from rws.models.layers import resnet_blocks
+from rws.models.registry import register_model
 
 
 class WideBlock(nn.Module):
@@ -58,3 +60,9 @@ class WideResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         x = F.relu(self.bn(x))
         return self.fc(self.pool(x).flatten(1))
+
+
+@register_model("wrn28_10", layer_rule=resnet_blocks)
+def wrn28_10(num_classes: int, width: float, drop_rate: float, depth: int = 28,
+             widen_factor: float = 10) -> WideResNet:
+    return WideResNet(num_classes, depth=depth, widen_factor=widen_factor, width=width, drop_rate=drop_rate)

@@ -33,11 +33,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from rws.models.vgg import VGG16_CFG
 from rws.utils.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 N_CORRUPTIONS = 19
-VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 def plain_vgg16(num_classes: int) -> nn.Module:

@@ -17,6 +17,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from rws.models import fallback_groups as module_groups
+from rws.models import layer_groups
+
 STAT_SUFFIXES = ("running_mean", "running_var")
 NEVER_KEEP = ("num_batches_tracked",)
 
@@ -33,20 +36,14 @@ def _keepable(key: str) -> bool:
 
 
 def fallback_groups(state: Mapping[str, torch.Tensor] | nn.Module) -> Groups:
-    """One group per owning module, in registration order (what layer_groups does for unknown nets)."""
+    """One group per owning module, in registration order: ``rws.models.fallback_groups`` (what
+    layer_groups does for unknown nets) over a state dict's keys, for exports whose model cannot be rebuilt."""
     sd = state.state_dict() if isinstance(state, nn.Module) else state
-    groups: dict[str, list[str]] = {}
-    for key in sd:
-        groups.setdefault(key.rsplit(".", 1)[0] if "." in key else key, []).append(key)
-    return list(groups.items())
+    return module_groups(sd)
 
 
 def model_groups(model: nn.Module) -> Groups:
-    """``rws.models.layer_groups`` when available, else one group per module."""
-    try:
-        from rws.models import layer_groups  # type: ignore[attr-defined]
-    except ImportError:
-        return fallback_groups(model)
+    """``rws.models.layer_groups(model)`` as a fresh list (callers may edit it)."""
     return [(name, list(keys)) for name, keys in layer_groups(model)]
 
 
