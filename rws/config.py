@@ -16,8 +16,14 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """The composed config ``config_name`` (e.g. "evaluate") with Hydra ``overrides``, outside a Hydra app."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=False)
+    # Inside a running Hydra app (e.g. evaluate.py composing a calibration source's data config) the
+    # app's own GlobalHydra must survive: set it aside, compose, and put it back.
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=False)
+    finally:
+        restore_gh_from_backup(backup)
