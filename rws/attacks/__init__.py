@@ -26,7 +26,7 @@ def build_attack(threat: ThreatModel | dict | str | None = None, attack: str = "
     """The training attack for a threat model: ``pgd`` is PGD for linf/l2 and l1-APGD for l1;
     ``fgsm_rs`` / ``n_fgsm`` are the one-step linf attacks; ``torchattacks`` is torchattacks' PGD.
     ``step_size`` is relative to eps (None: each attack's default). ``norm``/``eps`` may be given
-    instead of ``threat`` (eps None: the per-dataset default), which is what conf/attack/*.yaml uses."""
+    instead of ``threat`` (eps None: the per-dataset default)."""
     if threat is None:
         if norm is None:
             raise ValueError("build_attack needs a threat or a norm")
