@@ -4,6 +4,7 @@ the entry points from another directory (no checkout, no top-level conf/)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,15 @@ def test_compose_keeps_a_running_hydra_app_intact() -> None:
 @pytest.mark.slow
 def test_wheel_runs_the_stages_outside_the_checkout(tmp_path: Path) -> None:
     """Marked slow (a wheel build); .ci/run runs it."""
+    # Built from a copy, so the build leaves nothing (build/, *.egg-info) in the checkout.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "rws", src / "rws", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT)], check=True)
+                    "--target", str(target), str(src)], check=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
