@@ -1,3 +1,6 @@
+"""sweep.py: soup grids and spec lists through the evaluation engine, resume keys, shards, selection,
+the few-shot study, tables and wandb on sweep outputs."""
+
 import json
 import subprocess
 import sys
@@ -6,12 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from rws.stages import soup_sweep
-from rws.stages.soup_sweep import TargetEvaluator, best_soups, few_shot_study, run_sweep
+from rws.evaluation.results import read_results
+from rws.evaluation.selection import best_specs, few_shot_study
+from rws.evaluation.suites.clean import CleanSuite
+from rws.evaluation.suites.corruptions import CorruptionSuite
+from rws.stages.sweep import run_sweep
+from rws.stages.sweep.targets import parse_targets
 from rws.weights.export import save_export
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = {"name": "small_cnn", "num_classes": 10, "width": 0.25}
+QUIET = {"log": lambda s: None}
 
 
 def _exports(tmp_path: Path, n: int) -> list[str]:
@@ -27,17 +35,10 @@ def _exports(tmp_path: Path, n: int) -> list[str]:
 
 def _cfg(members, out, **kw):
     cfg = {"members": members, "out": str(out), "grid": {"kind": "grid", "low": 0, "high": 1, "step": 0.5},
-           "targets": [{"name": "clean", "suite": "clean", "k": 16}], "seed": 0, "attack_steps": 2}
+           "targets": [{"name": "clean", "suite": "clean", "k": 16}], "seed": 0, "attack_steps": 2,
+           "progress": False}
     cfg.update(kw)
     return cfg
-
-
-class Counting(TargetEvaluator):
-    calls = 0
-
-    def __call__(self, model, target):
-        Counting.calls += 1
-        return super().__call__(model, target)
 
 
 def _data(n=32):
@@ -45,40 +46,106 @@ def _data(n=32):
     return torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def test_sweep_outputs_and_resume(tmp_path):
+@pytest.fixture
+def measured(monkeypatch):
+    """Counts the clean and corruption cells actually measured (not skipped)."""
+    calls: list[tuple[str, object, int]] = []
+    for cls in (CleanSuite, CorruptionSuite):
+        real = cls.run
+
+        def spy(self, model, cell, source, device, deps, _real=real):
+            calls.append((cell.condition, cell.level, source.k))
+            return _real(self, model, cell, source, device, deps)
+
+        monkeypatch.setattr(cls, "run", spy)
+    return calls
+
+
+TARGETS = [{"name": "clean", "suite": "clean", "k": 16},
+           {"name": "noise", "suite": "corruption", "corruption": "gaussian_noise", "severity": [1, 3], "k": 8}]
+
+
+def test_targets_use_the_engine_vocabulary():
+    t = parse_targets([*TARGETS, {"name": "u", "suite": "union", "threats": [{"norm": "inf", "eps": "8/255"},
+                                                                              {"norm": "l2", "eps": 0.5}], "k": 4},
+                       {"name": "c", "suite": "corruptions", "corruptions": ["fog"], "severities": [2]}],
+                      default_k=7, suite_defaults={"seed": 3, "attacks": ["apgd-ce"], "n_iter": 2})
+    assert [x.options["name"] for x in t] == ["clean", "corruptions", "adversarial", "corruptions"]
+    assert t[1].options["corruptions"] == "gaussian_noise" and t[1].options["severities"] == [1, 3]
+    assert t[2].conditions == ["union"] and t[2].options["n_iter"] == 2 and t[2].options["seed"] == 3
+    assert t[3].k == 7 and "attacks" not in t[3].options
+    with pytest.raises(ValueError, match="unique"):
+        parse_targets([TARGETS[0], TARGETS[0]])
+    with pytest.raises(ValueError, match="needs threat"):
+        parse_targets([{"name": "a", "suite": "adversarial"}])
+    with pytest.raises(ValueError, match="suite must be one of"):
+        parse_targets([{"name": "a", "suite": "bogus"}])
+
+
+def test_sweep_outputs_and_resume(tmp_path, measured):
     members = _exports(tmp_path, 3)
     x, y = _data()
     out = tmp_path / "sweep"
-    targets = [{"name": "clean", "suite": "clean", "k": 16},
-               {"name": "noise", "suite": "corruption", "corruption": "gaussian_noise", "severity": [1, 3], "k": 8}]
-    cfg = _cfg(members, out, targets=targets)
-    Counting.calls = 0
-    best = run_sweep(cfg, x=x, y=y, evaluator=Counting(x, y), log=lambda s: None)
-    assert Counting.calls == 6 * 2  # 6 convex soups (step 0.5) x 2 targets
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len({r["spec_id"] for r in rows}) == 6
-    for key in ("spec_id", "spec", "suite", "condition", "level", "metric", "value", "n", "seed", "git", "timestamp"):
+    cfg = _cfg(members, out, targets=TARGETS)
+    best = run_sweep(cfg, x=x, y=y, **QUIET)
+    assert len(measured) == 6 * 3  # 6 convex soups (step 0.5) x 3 cells (clean, noise@1, noise@3)
+    rows = read_results(out)
+    assert len({r["spec_id"] for r in rows}) == 6 and len(rows) == 18
+    for key in ("spec_id", "spec", "suite", "condition", "level", "metric", "value", "n", "settings", "seed", "git",
+                "timestamp", "weights"):
         assert key in rows[0]
-    assert {r["condition"] for r in rows if r["target"] == "noise"} == {"gaussian_noise", "mean"}
+    assert {(r["suite"], r["condition"], r["level"], r["n"]) for r in rows} == {
+        ("clean", "clean", "", 16), ("corruptions", "gaussian_noise", 1, 8), ("corruptions", "gaussian_noise", 3, 8)}
+    assert {r["metric"] for r in rows} == {"acc"}
     assert set(best["per_target"]) == {"clean", "noise"}
+    # A multi-cell target scores the fraction over all its examples.
+    sid = best["per_target"]["noise"]["spec_id"]
+    noise = [r["value"] for r in rows if r["spec_id"] == sid and r["suite"] == "corruptions"]
+    assert best["per_target"]["noise"]["score"] == pytest.approx(sum(noise) / 2)
     assert (out / "best.md").read_text().startswith("| model |")
     from safetensors.torch import load_file
 
     mats = load_file(str(out / "correctness.safetensors"))
     assert mats["clean"].shape == (6, 16) and mats["noise"].shape == (6, 16)
     assert (out / "figures" / "simplex_clean.png").is_file() and (out / "figures" / "top5.png").is_file()
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["generator"]["kind"] == "soup_grid" and [t["name"] for t in meta["targets"]] == ["clean", "noise"]
 
     # Re-run: nothing to evaluate. Adding a target evaluates only the new cells.
-    Counting.calls = 0
-    run_sweep(cfg, x=x, y=y, evaluator=Counting(x, y), figures=False, log=lambda s: None)
-    assert Counting.calls == 0
-    cfg["targets"] = targets + [{"name": "clean8", "suite": "clean", "k": 8}]
-    run_sweep(cfg, x=x, y=y, evaluator=Counting(x, y), figures=False, log=lambda s: None)
-    assert Counting.calls == 6
+    measured.clear()
+    run_sweep(cfg, x=x, y=y, figures=False, **QUIET)
+    assert measured == []
+    run_sweep({**cfg, "targets": TARGETS + [{"name": "clean8", "suite": "clean", "k": 8}]}, x=x, y=y, figures=False,
+              **QUIET)
+    assert measured == [("clean", "", 8)] * 6
+
+
+def test_changed_settings_are_measured_again(tmp_path, measured):
+    members = _exports(tmp_path, 2)
+    x, y = _data()
+    out = tmp_path / "s"
+    base = _cfg(members, out, grid={"kind": "front", "ws": [0, 1]}, targets=TARGETS)
+    run_sweep(base, x=x, y=y, figures=False, **QUIET)
+    assert len(measured) == 2 * 3
+    changes = {
+        "k": {"targets": [{**TARGETS[0], "k": 12}, TARGETS[1]]},                         # clean only
+        "severity": {"targets": [TARGETS[0], {**TARGETS[1], "severity": [1, 4]}]},         # noise@4 only
+        "seed": {"seed": 1},                                                               # every cell
+    }
+    expected = {"k": [("clean", "", 12)], "severity": [("gaussian_noise", 4, 8)],
+                "seed": [("clean", "", 16), ("gaussian_noise", 1, 8), ("gaussian_noise", 3, 8)]}
+    for name, change in changes.items():
+        measured.clear()
+        run_sweep({**base, **change}, x=x, y=y, figures=False, **QUIET)
+        assert measured == expected[name] * 2, name
+    # The first settings are still on disk and still complete: rerunning them measures nothing.
+    measured.clear()
+    best = run_sweep(base, x=x, y=y, figures=False, **QUIET)
+    assert measured == [] and set(best["per_target"]) == {"clean", "noise"}
 
 
 def test_front_and_adversarial(tmp_path):
-    pytest.importorskip("rws.attacks")
+    pytest.importorskip("pyautoattack")
     members = _exports(tmp_path, 2)
     x, y = _data(8)
     out = tmp_path / "front"
@@ -86,20 +153,60 @@ def test_front_and_adversarial(tmp_path):
                {"name": "union", "suite": "union", "threats": [{"norm": "linf", "eps": "8/255"},
                                                               {"norm": "l2", "eps": 0.5}], "k": 4}]
     cfg = _cfg(members, out, grid={"kind": "front", "ws": [0, 0.5, 1]}, targets=targets, attacks=["apgd-ce"])
-    best = run_sweep(cfg, x=x, y=y, log=lambda s: None)
+    run_sweep(cfg, x=x, y=y, **QUIET)
+    rows = read_results(out)
+    assert {r["suite"] for r in rows} == {"adversarial"}
     # The union is robust to every threat, so it can never beat the l_inf-only robust accuracy.
-    scores = {r["spec_id"]: r["value"] for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()) if r["target"] == "linf"}
-    for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()):
-        if r["target"] == "union":
-            assert r["value"] <= scores[r["spec_id"]]
+    linf = {r["spec_id"]: r["value"] for r in rows if r["condition"] == "linf"}
+    unions = [r for r in rows if r["condition"] == "union"]
+    assert len(unions) == 3 and all(r["value"] <= linf[r["spec_id"]] for r in unions)
+    assert sum(r["condition"] == "l2" for r in rows) == 3  # the union's l2 cell, measured on the way
     assert (out / "figures" / "front.png").is_file() and (out / "figures" / "front_scatter.png").is_file()
+
+
+def test_sharded_sweep_gives_the_unsharded_rows(tmp_path):
+    members = _exports(tmp_path, 2)
+    x, y = _data()
+    grid = {"kind": "front", "ws": [0, 0.25, 0.5, 0.75, 1]}
+    best_one = run_sweep(_cfg(members, tmp_path / "one", grid=grid, targets=TARGETS), x=x, y=y, figures=False, **QUIET)
+    sharded = tmp_path / "sharded"
+    assert run_sweep(_cfg(members, sharded, grid=grid, targets=TARGETS, shard="0/2"), x=x, y=y, **QUIET) == {}
+    assert not (sharded / "best.json").exists()  # the selection waits for shard 1
+    best_two = run_sweep(_cfg(members, sharded, grid=grid, targets=TARGETS, shard="1/2"), x=x, y=y, figures=False,
+                         **QUIET)
+    assert best_two == best_one
+
+    def cells(d):
+        return {(r["spec_id"], r["suite"], r["condition"], str(r["level"]), r["settings"]): (r["value"], r["n"])
+                for r in read_results(d)}
+    assert cells(sharded) == cells(tmp_path / "one") and len(cells(sharded)) == 5 * 3
+    assert len(read_results(sharded / "results.shard-0-of-2.jsonl")) == 3 * 3  # soups 0, 2, 4
+
+
+def test_spec_list_sweep_few_shot_and_tables(tmp_path):
+    from rws.report.tables import summary_table
+
+    members = _exports(tmp_path, 3)
+    x, y = _data(40)
+    out = tmp_path / "list"
+    cfg = {"specs": members, "out": str(out), "seed": 0, "progress": False,
+           "targets": [{"name": "clean", "suite": "clean", "k": 40},
+                       {"name": "fog", "suite": "corruptions", "corruptions": ["fog"], "severities": [3], "k": 40}]}
+    best = run_sweep(cfg, x=x, y=y, **QUIET)
+    assert "weights" not in best["single"]
+    few = json.loads((out / "few_shot.json").read_text())
+    assert few["clean"]["n_soups"] == 3 and few["clean"]["n_examples"] == 40 and few["clean"]["k"]["10"]["trials"] == 50
+    assert "| m0 |" in (out / "best.md").read_text()
+    table = summary_table(read_results(out))
+    assert [r["model"] for r in table] == ["m0", "m1", "m2"]
+    assert all(r["TA"] is not None and r["RA"] is not None for r in table)
 
 
 def test_selection_and_few_shot_shapes():
     scores = torch.tensor([[0.5, 0.9], [0.8, 0.2], [0.75, 0.7]], dtype=torch.float64)
-    best = best_soups(scores, [[1, 0], [0, 1], [0.5, 0.5]], ["a", "b", "c"], ["t1", "t2"])
+    best = best_specs(scores, ["a", "b", "c"], ["t1", "t2"], [{"weights": w} for w in ([1, 0], [0, 1], [0.5, 0.5])])
     assert best["per_target"]["t1"]["spec_id"] == "b" and best["per_target"]["t2"]["spec_id"] == "a"
-    assert best["single"]["spec_id"] == "c"
+    assert best["single"]["spec_id"] == "c" and best["single"]["weights"] == [0.5, 0.5]
     g = torch.Generator().manual_seed(0)
     correct = torch.rand(20, 1000, generator=g) < torch.linspace(0.3, 0.8, 20)[:, None]
     study = few_shot_study(correct, trials=5)
@@ -123,13 +230,25 @@ def test_sweep_help_runs():
     assert "480" in r.stdout and "members" in r.stdout
 
 
-def test_sweep_cli_on_digits(tmp_path):
+def test_sweep_cli_on_digits_with_wandb_and_tables(tmp_path):
+    pytest.importorskip("wandb")
     members = _exports(tmp_path, 2)
     out = tmp_path / "cli"
     r = subprocess.run([sys.executable, "sweep.py", f"members=[{members[0]},{members[1]}]", f"out={out}",
-                        "grid=front", "grid.ws=[0,0.5,1]", "targets=[{name: clean, suite: clean, k: 32}]",
-                        f"paths.cache_dir={tmp_path / 'cache'}", "figures=false"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        "grid=front", "grid.ws=[0,0.5,1]",
+                        "targets=[{name: clean, suite: clean, k: 32},"
+                        "{name: fog, suite: corruption, corruption: fog, severity: 2, k: 32}]",
+                        f"paths.cache_dir={tmp_path / 'cache'}", "figures=true", "logger=wandb", "progress=false"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240, env={**__import__("os").environ,
+                                                                                    "WANDB_MODE": "offline"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "3 soups x 1 targets" in r.stdout
+    assert "3 soups x 2 targets" in r.stdout
     assert json.loads((out / "best.json").read_text())["per_target"]["clean"]["score"] >= 0
+    (table,) = out.glob("wandb/offline-run-*/files/media/table/results_*.table.json")
+    assert len(json.loads(table.read_text())["data"]) == 3 * 2
+    assert list(out.glob("wandb/offline-run-*/files/media/images/figures/*.png"))
+    t = subprocess.run([sys.executable, "-m", "rws.report.tables", str(out), "--table", "summary"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert t.returncode == 0, t.stderr
+    lines = [line for line in t.stdout.splitlines() if line.startswith("| soup")]
+    assert len(lines) == 3 and all(" - " not in line.split("|")[3] for line in lines)  # TA and RA are numbers

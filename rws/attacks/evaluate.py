@@ -18,13 +18,9 @@ from torch import nn
 
 from rws.attacks.modes import preserve_modes
 from rws.attacks.threat import ThreatModel
+from rws.weights.functional_soup import predict
 
 EVAL_ATTACKS = ("apgd-ce", "apgd-t")
-
-
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
 def _run_apgd(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -65,7 +61,7 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         with torch.no_grad():
             logits = model(x[:1])
         num_classes = logits.shape[1]
-        robust = _predict(model, x) == y
+        robust = predict(model, x).argmax(1) == y
         for name in attacks:
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
@@ -76,7 +72,7 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
             delta = x_adv - x[idx]
             valid = (threat.norm_of(delta) <= threat.eps * (1 + tol) + tol) & \
                     (x_adv.flatten(1).amin(1) >= -tol) & (x_adv.flatten(1).amax(1) <= 1 + tol)
-            fooled = (_predict(model, x_adv) != y[idx]) & valid
+            fooled = (predict(model, x_adv).argmax(1) != y[idx]) & valid
             robust[idx[fooled]] = False
     return robust
 
@@ -130,7 +126,7 @@ def evaluate_threats(model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.
             x, y = x[: n_max - n], y[: n_max - n]
         x, y = x.to(device), y.to(device)
         with preserve_modes(model, "eval"):
-            clean = _predict(model, x) == y
+            clean = predict(model, x).argmax(1) == y
         union = clean.clone()
         counts["clean"] += int(clean.sum())
         for key, t in zip(keys, threats):

@@ -1,6 +1,7 @@
-"""Grid search over model soups: evaluate every soup on every target, pick the best ones, plot.
+"""Sweep specs (a soup grid, or a list of specs) over named targets, pick the best ones, plot.
 
     python sweep.py members=[runs/linf/export,runs/l2/export,runs/l1/export,runs/nominal/export]
+    python sweep.py -m shard=0/2,1/2 hydra/launcher=local members=[...] out=outputs/sweeps/x
     python sweep.py --help
 See docs/soups.md.
 """
@@ -11,18 +12,20 @@ import hydra
 from omegaconf import DictConfig
 
 
+
+# An absolute path: rws/conf is a data folder (no __init__.py), which Hydra only finds as a file path.
 @hydra.main(config_path="../conf", config_name="sweep", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
 
-    from rws.stages.soup_sweep import run_sweep
+    from rws.stages.sweep import run_sweep
 
-    if not cfg.members:
-        raise SystemExit("sweep.py: set members=[export_dir,...] (see python sweep.py --help)")
+    if not cfg.members and not cfg.specs:
+        raise SystemExit("sweep.py: set members=[export_dir,...] or specs=[...] (see python sweep.py --help)")
     datamodule = instantiate(cfg.data)
     best = run_sweep(cfg, datamodule=datamodule, figures=bool(cfg.get("figures", True)))
-    # Returned so a Hydra sweeper could optimize over sweep settings.
-    return best["single"]["average"]
+    # Returned so a Hydra sweeper could optimize over sweep settings (None while other shards run).
+    return best["single"]["average"] if best else None
 
 
 if __name__ == "__main__":

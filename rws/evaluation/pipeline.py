@@ -1,31 +1,30 @@
-"""What evaluate.py does, as a function of its config (so tests and other stages can call it)."""
+"""What evaluate.py does, as a function of its config (so tests and other stages can call it):
+model specs x suites on the test stream, through the engine, then the summary."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
-from rws.evaluation.results import ResultsWriter, level_str, now, read_results
-from rws.evaluation.suites import Cell, CorruptFn, resolve_device, run_cell, suite_cells
+import rws.specs as specs_mod
+from rws.evaluation.engine import Engine, ModelJob, PlannedCell, plan_cells
+from rws.evaluation.results import read_results
+from rws.evaluation.shards import parse_shard
+from rws.evaluation.sources import CorruptFn, TestStream
+from rws.evaluation.suites import make_suite
 from rws.evaluation.summary import format_table, summarize
-from rws.utils.provenance import git_commit, provenance
-from rws.weights import specs as specs_mod
-
-
-def _plain(v: Any) -> Any:
-    return OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+from rws.utils.config import config_dict, to_plain
+from rws.utils.provenance import provenance
 
 
 def collect_specs(cfg: DictConfig) -> list[dict[str, Any]]:
     """Specs from ``models`` (export dirs) and ``specs`` (dicts or spec-file paths), deduplicated."""
     out: list[dict[str, Any]] = []
-    models = _plain(cfg.get("models")) or []
-    specs = _plain(cfg.get("specs")) or []
+    models = to_plain(cfg.get("models")) or []
+    specs = to_plain(cfg.get("specs")) or []
     if isinstance(models, str):
         models = [models]
     if isinstance(specs, (str, dict)):
@@ -47,11 +46,11 @@ def collect_specs(cfg: DictConfig) -> list[dict[str, Any]]:
 
 def collect_suites(cfg: DictConfig) -> list[dict[str, Any]]:
     """Inline ``suites`` (list of names or dicts) wins over the ``suite`` config group."""
-    inline = _plain(cfg.get("suites"))
+    inline = to_plain(cfg.get("suites"))
     if inline:
         raw = [{"name": s} if isinstance(s, str) else dict(s) for s in inline]
     else:
-        group = _plain(cfg.get("suite")) or {}
+        group = to_plain(cfg.get("suite")) or {}
         raw = [{"name": key, **(v or {})} if "name" not in (v or {}) else dict(v) for key, v in group.items()]
     if not raw:
         raise ValueError("no suites: pass suite=[clean,corruptions] or suites='[{name: clean}]'")
@@ -66,117 +65,66 @@ def collect_suites(cfg: DictConfig) -> list[dict[str, Any]]:
     return out
 
 
-def _skipper(spec_id: str, existing: set[tuple[str, str, str, str]]) -> Callable[[Cell], bool]:
-    adv_done = any(k[0] == spec_id and k[1] == "adversarial" for k in existing)
-
-    def skip(cell: Cell) -> bool:
-        if cell.suite == "adversarial":
-            return adv_done
-        return (spec_id, cell.suite, cell.condition, level_str(cell.level)) in existing
-    return skip
-
-
-def _config_dict(cfg: DictConfig) -> dict[str, Any]:
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except Exception:  # interpolations that need a running Hydra app (e.g. logger save_dir)
-        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+def plan(suites: list[dict[str, Any]], datamodule: Any, corrupt_fn: CorruptFn | None = None) -> list[PlannedCell]:
+    """Every cell of every suite, each on the test stream capped at the suite's ``n``."""
+    cells: list[PlannedCell] = []
+    for options in suites:
+        cells += plan_cells(make_suite(options, corrupt_fn=corrupt_fn), TestStream(datamodule, options.get("n")))
+    return cells
 
 
 def evaluate(cfg: DictConfig, build_fn: Callable[..., Any] | None = None,
              corrupt_fn: CorruptFn | None = None, datamodule: Any = None) -> dict[str, Any]:
-    """Evaluate every spec on every suite; write results.jsonl/.csv and summary.json into cfg.out.
-    ``build_fn``/``corrupt_fn``/``datamodule`` replace the real ones (tests)."""
+    """Evaluate every spec (this shard's share with ``shard=i/n``) on every suite; append rows to
+    cfg.out and write summary.json from every row there. ``build_fn``/``corrupt_fn``/``datamodule``
+    replace the real ones (tests)."""
     from hydra.utils import instantiate
-    from tqdm import tqdm
 
     out = Path(str(cfg.out))
+    shard = parse_shard(cfg.get("shard"))
     specs = collect_specs(cfg)
+    mine = shard.select(specs) if shard else specs
     suites = collect_suites(cfg)
-    device = resolve_device(cfg.get("device", "auto"))
-    build_fn = build_fn or specs_mod.build
 
     dm = datamodule if datamodule is not None else instantiate(cfg.data)
     if hasattr(dm, "prepare_data"):
         dm.prepare_data()
     dm.setup()
 
-    git = git_commit()
-    plan = [(s, suite, cell) for s in specs for suite in suites for cell in suite_cells(suite)]
-    with ResultsWriter(out) as writer:
-        existing = writer.existing_keys() if cfg.get("resume", True) else set()
-        bar = tqdm(total=len(plan), desc="eval", unit="cell", file=sys.stderr,
-                   disable=not cfg.get("progress", True))
-        for spec in specs:
-            sid = specs_mod.spec_id(spec)
-            name = specs_mod.spec_name(spec)
-            spec_json = specs_mod.to_json(spec)
-            skip = _skipper(sid, existing)
-            model = None
-            for _s, suite, cell in (p for p in plan if p[0] is spec):
-                bar.set_postfix_str(f"{name} {cell.condition} {cell.level}".strip())
-                if skip(cell):
-                    bar.update(1)
-                    continue
-                if model is None:  # built only when a cell needs it, so a finished model costs nothing on resume
-                    model = _build(build_fn, spec, device, dm)
-                rows = run_cell(model, cell, dm, suite, device, corrupt_fn)
-                stamp = now()
-                writer.write({"spec_id": sid, "spec": spec_json, "model": name, **r, "seed": suite["seed"],
-                              "git": git, "timestamp": stamp} for r in rows)
-                bar.update(1)
-            del model
-        bar.close()
+    cells = plan(suites, dm, corrupt_fn)
+    with Engine(out, device=cfg.get("device", "auto"), shard=shard, resume=cfg.get("resume", True),
+                progress=cfg.get("progress", True)) as engine:
+        context = specs_mod.BuildContext(device=engine.device, data=dm)  # one cache for every spec
+        jobs = [ModelJob(specs_mod.spec_id(s), specs_mod.to_json(s), specs_mod.spec_name(s),
+                         functools.partial(build_spec, s, engine.device, dm, build_fn, context)) for s in mine]
+        engine.run(jobs, cells, desc=f"eval{f' shard {shard}' if shard else ''}")
+        # Every spec's missing cells (other shards' too): the summary says whether it is complete.
+        all_jobs = [ModelJob(specs_mod.spec_id(s), "", "", lambda: None) for s in specs]
+        missing = sum(len(c) for _j, c in engine.todo(all_jobs, cells))
 
-        rows = writer.rows()
+        rows = engine.rows()
         baseline_rows = read_results(cfg.baseline_results) if cfg.get("baseline_results") else None
         per_model = summarize(rows, baseline_rows, cfg.get("baseline_model"))
         summary = {"models": per_model,
                    "mce_normalization": (f"baseline {cfg.get('baseline_model') or ''} from {cfg.baseline_results}"
                                          if baseline_rows else "none (mCE_unnormalized = 1 - RA)"),
-                   "config": _config_dict(cfg), **provenance()}
-        writer.write_summary(summary)
+                   "complete": missing == 0, "missing_cells": missing,
+                   "config": config_dict(cfg), **provenance()}
+        engine.writer.write_summary(summary)
     if cfg.get("print_table", True):
         print(format_table(per_model))
-        print(f"results: {out / 'results.jsonl'}")
-    _log_wandb(cfg, rows, summary, out)
+        if missing:
+            print(f"{missing} cells of this plan are not in {out} yet (other shards still running?)")
+        print(f"results: {engine.writer.jsonl}")
+    from rws.evaluation.wandb_log import log_results
+
+    log_results(cfg, rows, out, job_type="evaluate", models=per_model, config=summary["config"])
     return summary
 
 
-def _build(build_fn: Callable[..., Any], spec: dict[str, Any], device: Any, dm: Any) -> Any:
-    if spec.get("kind") == "soup" and spec.get("bn") == "recalibrate" and hasattr(dm, "calibration_batches"):
-        n_batches = int(spec.get("calibration_batches", 20))
-        calib = dm.calibration_batches(n_batches, getattr(dm, "batch_size", 128))
-        return build_fn(spec, device=device, calibration=calib)
-    return build_fn(spec, device=device)
-
-
-def _log_wandb(cfg: DictConfig, rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> None:
-    """One wandb run with the result rows as a table, when logger=wandb is selected."""
-    lcfg = cfg.get("logger") or {}
-    if "wandb" not in lcfg:
-        return
-    import wandb
-
-    w = lcfg.wandb
-
-    def sel(key: str, default: Any = None) -> Any:
-        try:
-            v = OmegaConf.select(w, key, default=default)
-            return _plain(v)
-        except Exception:  # e.g. an interpolation that needs the Hydra runtime
-            return default
-
-    mode = os.environ.get("WANDB_MODE") or ("offline" if sel("offline", False) else None)
-    run = wandb.init(project=sel("project", "rws"), entity=sel("entity"), name=sel("name"), group=sel("group"),
-                     tags=sel("tags") or None, job_type="evaluate", dir=str(out), mode=mode,
-                     config=summary["config"])
-    try:
-        cols = ["spec_id", "model", "suite", "condition", "level", "metric", "value", "n", "seed"]
-        run.log({"results": wandb.Table(columns=cols, data=[[json.dumps(r.get(c)) if c == "level" else r.get(c)
-                                                             for c in cols] for r in rows])})
-        for sid, s in summary["models"].items():
-            run.summary[f"{s.get('model')}/{sid}"] = {k: v for k, v in s.items()
-                                                      if isinstance(v, (int, float)) and v is not None}
-    finally:
-        wandb.finish()
+def build_spec(spec: dict[str, Any], device: Any, dm: Any, build_fn: Callable[..., Any] | None = None,
+               context: specs_mod.BuildContext | None = None) -> Any:
+    """The spec's model on ``device``. The datamodule being evaluated is the default data of the
+    spec's calibration sources (a ``bn: recalibrate`` soup or patch)."""
+    context = context or specs_mod.BuildContext(device=device, data=dm)
+    return (build_fn or specs_mod.build)(spec, device=device, context=context)

@@ -1,8 +1,15 @@
 """Long-format results: one row per measurement, append-only.
 
 ``results.jsonl`` is the source of truth: rows are appended and flushed as they are measured, so
-a killed sweep loses at most the cell in flight and can resume by skipping keys already present.
+a killed run loses at most the cell in flight and resumes by skipping keys already present.
 ``results.csv`` is a convenience copy rewritten atomically from the JSONL on ``close()``.
+A sharded job (``shard=i/n``, see ``rws.evaluation.shards``) writes ``results.shard-i-of-n.jsonl``
+(and ``.csv``) instead; readers of a directory read every result file in it.
+
+A row's key is (spec_id, suite, condition, level, settings): ``settings`` is the hash of every
+resolved option that changes the cell's value (``rws.evaluation.cells.settings_hash``). Rows
+written before that column existed have none, so they are read and summarized but never reused
+for resuming.
 """
 
 from __future__ import annotations
@@ -12,18 +19,21 @@ import datetime as _dt
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from rws.evaluation.shards import Shard
 from rws.utils.io import write_json, write_text
 
-COLUMNS = ("spec_id", "spec", "model", "suite", "condition", "level", "metric", "value", "n", "seed",
-           "git", "timestamp")
+COLUMNS = ("spec_id", "spec", "model", "suite", "condition", "level", "metric", "value", "n", "settings",
+           "seed", "git", "timestamp")
 JSONL = "results.jsonl"
 CSV = "results.csv"
 SUMMARY = "summary.json"
+_SHARD_FILE = re.compile(r"^results\.shard-(\d+)-of-(\d+)\.(jsonl|csv)$")
 
-CellKey = tuple[str, str, str, str]  # (spec_id, suite, condition, level as str)
+CellKey = tuple[str, str, str, str, str]  # (spec_id, suite, condition, level as str, settings hash)
 
 
 def now() -> str:
@@ -45,21 +55,36 @@ def level_str(level: Any) -> str:
 
 
 def cell_key(row: dict[str, Any]) -> CellKey:
-    return (str(row["spec_id"]), str(row["suite"]), str(row["condition"]), level_str(row.get("level")))
+    return (str(row["spec_id"]), str(row["suite"]), str(row["condition"]), level_str(row.get("level")),
+            str(row.get("settings") or ""))
+
+
+def result_files(directory: str | os.PathLike, ext: str = "jsonl") -> list[Path]:
+    """``results.<ext>`` and every ``results.shard-i-of-n.<ext>`` of a directory, unsharded first."""
+    d = Path(directory)
+    files = [d / f"results.{ext}"] if (d / f"results.{ext}").is_file() else []
+    shards = []
+    for p in d.glob(f"results.shard-*-of-*.{ext}"):
+        m = _SHARD_FILE.match(p.name)
+        if m:
+            shards.append(((int(m.group(2)), int(m.group(1))), p))
+    return files + [p for _k, p in sorted(shards)]
 
 
 class ResultsWriter:
-    """Append rows to ``<dir>/results.jsonl``; on close rewrite ``results.csv`` from it.
+    """Append rows to ``<dir>/results.jsonl`` (``results.shard-i-of-n.jsonl`` for a shard); on close
+    rewrite the matching CSV from it.
 
-    Use as a context manager. ``existing_keys()`` lists the (spec_id, suite, condition, level)
-    cells already on disk, so an interrupted run can be continued into the same directory.
+    Use as a context manager. ``existing_keys()`` and ``rows()`` cover every result file of the
+    directory (all shards), so an interrupted or sharded run can be continued into it.
     """
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, shard: Shard | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = self.dir / JSONL
-        self.csv = self.dir / CSV
+        stem = f"results.{shard.suffix}" if shard else "results"
+        self.jsonl = self.dir / f"{stem}.jsonl"
+        self.csv = self.dir / f"{stem}.csv"
         self._fh = open(self.jsonl, "a", encoding="utf-8")
 
     def write(self, rows: Iterable[dict[str, Any]]) -> int:
@@ -75,14 +100,13 @@ class ResultsWriter:
         return count
 
     def existing_keys(self) -> set[CellKey]:
-        return {cell_key(r) for r in read_jsonl(self.jsonl)} if self.jsonl.exists() else set()
-
-    def existing_spec_ids(self) -> set[str]:
-        return {k[0] for k in self.existing_keys()}
+        return {cell_key(r) for r in self.rows()}
 
     def rows(self) -> list[dict[str, Any]]:
-        self._fh.flush()
-        return read_jsonl(self.jsonl)
+        """Every row of the directory, this writer's included."""
+        if not self._fh.closed:
+            self._fh.flush()
+        return read_dir(self.dir) if result_files(self.dir) else []
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         return write_json(self.dir / SUMMARY, summary)
@@ -152,15 +176,22 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def read_dir(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of every result file of a directory (all shards); JSONL files, else the CSV copies."""
+    files = result_files(directory, "jsonl")
+    if files:
+        return [r for f in files for r in read_jsonl(f)]
+    files = result_files(directory, "csv")
+    if files:
+        return [r for f in files for r in read_csv(f)]
+    raise FileNotFoundError(f"no {JSONL}, {CSV} or results.shard-*-of-*.jsonl in {directory}")
+
+
 def read_results(path_or_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows from a results directory or file (.jsonl preferred over .csv)."""
+    """Rows from a results directory (every result file in it, all shards) or one file."""
     p = Path(path_or_dir)
     if p.is_dir():
-        if (p / JSONL).is_file():
-            return read_jsonl(p / JSONL)
-        if (p / CSV).is_file():
-            return read_csv(p / CSV)
-        raise FileNotFoundError(f"no {JSONL} or {CSV} in {p}")
+        return read_dir(p)
     if not p.is_file():
         raise FileNotFoundError(f"results not found: {p}")
     return read_csv(p) if p.suffix == ".csv" else read_jsonl(p)

@@ -1,6 +1,7 @@
 """Tables built only from result files, so a paper table is a query over long-format rows.
 
     python -m rws.report.tables outputs/eval/*/ --table summary
+    python -m rws.report.tables outputs/sweeps/soups --table summary        # a sweep: TA / RA per soup
     python -m rws.report.tables outputs/eval/A outputs/eval/B --table corruptions --out tables/cifar_c
     python -m rws.report.tables RESULTS --rows model --cols level --suite corruptions --metric acc
 """
@@ -135,7 +136,8 @@ def build_table(rows: list[Record], table: str = "summary", index: str | None = 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rws.report.tables", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="results dirs or results.jsonl/.csv files")
+    p.add_argument("results", nargs="+", help="results dirs (evaluate.py or sweep.py outputs, all shards) "
+                                              "or results.jsonl/.csv files")
     p.add_argument("--table", default="summary", choices=["summary", "corruptions", "severities"])
     p.add_argument("--rows", default=None, help="pivot: row field(s), comma-separated (e.g. model,spec_id)")
     p.add_argument("--cols", default=None, help="pivot: column field (e.g. condition, level)")

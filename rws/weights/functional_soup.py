@@ -15,8 +15,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from rws.weights.soups import (check_compatible, check_weights, combine_flat, combine_into, is_running_var,
-                               recalibrate_bn, stack_members)
+from rws.weights.soups import (check_soup_members, check_weights, combine_flat, combine_into, is_running_var,
+                               recalibrate_soup_bn, stack_members)
 
 
 class InPlaceSoup:
@@ -27,8 +27,8 @@ class InPlaceSoup:
 
     def __init__(self, model: nn.Module, member_states: Sequence[Mapping[str, torch.Tensor]],
                  names: Sequence[str] | None = None, affine: bool = True) -> None:
-        check_compatible(member_states, names)
-        check_compatible([model.state_dict(), member_states[0]], ["model", "member 0"])
+        check_soup_members(member_states, names)
+        check_soup_members([model.state_dict(), member_states[0]], ["model", "member 0"])
         self.model = model
         self.affine = affine
         self.n = len(member_states)
@@ -71,7 +71,7 @@ class InPlaceSoup:
             torch._foreach_clamp_min_(self.var_targets, 0.0)
         self.model.eval()
         if calibration is not None:
-            recalibrate_bn(self.model, calibration, n_calibration_batches)
+            recalibrate_soup_bn(self.model, calibration, n_calibration_batches)
         self.weights = w
         return self.model
 
@@ -83,5 +83,6 @@ class InPlaceSoup:
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits for ``x`` in chunks (the forward the sweep and the benchmark share)."""
+    """Logits for ``x`` in chunks of ``batch_size`` (the batched forward of robust evaluation, tests and
+    the benchmark)."""
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
