@@ -1,4 +1,5 @@
-"""RWS tables from hand-made result rows (oracle selection, RA means) and the figure writers."""
+"""RWS tables from hand-made result rows (selection by spec fields, oracle selection, RA means), the
+figure writers, and the analysis stage that computes what the figures need from models."""
 
 from __future__ import annotations
 
@@ -10,39 +11,85 @@ import torch
 
 from rws.report import rws_figures as F
 from rws.report import rws_tables as T
+from rws.stages import rws_analysis as A
 
 CS = ["gaussian_noise", "fog"]
+ROOT = "/runs/rws"
 
 
-def _row(model: str, condition: str, level, value: float) -> dict:
-    return {"model": model, "suite": "clean" if condition == "clean" else "corruptions", "condition": condition,
+def _export(role: str) -> dict:
+    return {"kind": "export", "path": f"{ROOT}/{role}/export"}
+
+
+def _patch(base: str, sigs: list[tuple[str, str, float]], bn: str | None = "robust", **extra) -> dict:
+    def sig_path(label: str, c: str) -> str:
+        if label.startswith("tiny/"):
+            return f"{ROOT}/tiny/sigs/{label[5:]}/{c}.safetensors"
+        return f"{ROOT}/sigs/{label}/{c}.safetensors"
+
+    spec = {"kind": "patch", "base": _export(base),
+            "signatures": [{"path": sig_path(label, c), "alpha": a} for label, c, a in sigs], **extra}
+    if bn is not None:
+        spec["bn_policy"] = bn
+    return spec
+
+
+def _row(spec: dict, condition: str, level, value: float, model: str = "a label the tables never read") -> dict:
+    return {"spec": json.dumps(spec, sort_keys=True), "model": model,
+            "suite": "clean" if condition == "clean" else "corruptions", "condition": condition,
             "level": level, "metric": "acc", "value": value, "n": 100}
 
 
 def _rows() -> list[dict]:
-    rows = [_row("std", "clean", "", 0.90), _row("augmented", "clean", "", 0.80)]
+    rows = [_row(_export("std"), "clean", "", 0.90), _row(_export("augmented"), "clean", "", 0.80)]
     for i, c in enumerate(CS):
+        other = CS[1 - i]
         for s in (3, 5):
             base = 0.1 * i + (0.02 if s == 3 else 0.0)
-            rows += [_row("std", c, s, 0.30 + base), _row("augmented", c, s, 0.50 + base),
-                     _row(f"robust/{c}", c, s, 0.70 + base),
+            rows += [_row(_export("std"), c, s, 0.30 + base), _row(_export("augmented"), c, s, 0.50 + base),
+                     _row(_export(f"robust/{c}"), c, s, 0.70 + base),
                      # the wrong robust model / signature on this corruption: must never be picked
-                     _row(f"robust/{CS[1 - i]}", c, s, 0.01),
-                     _row(T.patch_name("std", [("shallow32", CS[1 - i], 1.0)]), c, s, 0.02),
-                     _row(T.patch_name("std", [("shallow32", c, 1.0)]), c, s, 0.60 + base),
-                     _row(T.patch_name("std", [("shallow32", c, 1.0)], "std"), c, s, 0.35 + base),
-                     _row(T.patch_name("std", [("shallow8", c, 1.0)]), c, s, 0.58 + base),
-                     _row(T.patch_name("std", [("shallow32", c, 0.5)]), c, s, 0.45 + base)]
-        rows += [_row(f"robust/{c}", "clean", "", 0.5), _row(T.patch_name("std", [("shallow32", c, 1.0)]), "clean", "", 0.7),
-                 _row(T.patch_name("std", [("shallow32", c, 0.5)]), "clean", "", 0.8)]
+                     _row(_export(f"robust/{other}"), c, s, 0.01),
+                     _row(_patch("std", [("shallow32", other, 1.0)]), c, s, 0.02),
+                     _row(_patch("std", [("shallow32", c, 1.0)]), c, s, 0.60 + base),
+                     _row(_patch("std", [("shallow32", c, 1.0)], "std"), c, s, 0.35 + base),
+                     _row(_patch("std", [("shallow8", c, 1.0)]), c, s, 0.58 + base),
+                     _row(_patch("std", [("shallow32", c, 0.5)]), c, s, 0.45 + base),
+                     # same recipe with convex BN mixing: a different model, never a Table 1 cell
+                     _row(_patch("std", [("shallow32", c, 1.0)], bn_mix="convex"), c, s, 0.99),
+                     _row(_patch("std", [("shallow32", c, 1.0)], "recalibrate",
+                                 calibration={"corruption": c, "severity": 5, "batches": 2, "split": "train"}),
+                          c, s, 0.62 + base)]
+        rows += [_row(_export(f"robust/{c}"), "clean", "", 0.5),
+                 _row(_patch("std", [("shallow32", c, 1.0)]), "clean", "", 0.7),
+                 _row(_patch("std", [("shallow32", c, 0.5)]), "clean", "", 0.8)]
     return rows
 
 
-def test_patch_name_is_canonical() -> None:
-    assert T.patch_name("std", [("shallow32", "fog", 1)]) == "std+shallow32:fog@1"
-    assert T.patch_name("std", [("shallow32", "fog", 1.0)], "std") == "std+shallow32:fog@1|bn=std"
-    assert T.patch_name("std", [("s", "a", 0.0), ("s", "b", 0.5)]) == "std+s:b@0.5"
-    assert T.patch_name("std", [("s", "a", 0)]) == "std"
+def test_parse_recipe_reads_spec_fields() -> None:
+    root = Path(ROOT)
+    assert T.parse_recipe(json.dumps(_export("robust/fog")), root) == T.export("robust/fog")
+    r = T.parse_recipe(_patch("tiny/std", [("tiny/shallow32", "gaussian_noise", 1), ("shallow8", "fog", 0.5)], "std"),
+                       root)
+    assert r == T.Recipe("tiny/std", (("tiny/shallow32", "gaussian_noise", 1.0), ("shallow8", "fog", 0.5)), "std")
+    # α=0 signatures are no-ops: a patch with none left is its base
+    assert T.parse_recipe(_patch("std", [("shallow32", "fog", 0.0)]), root) == T.export("std")
+    assert T.patch("std", [("s", "a", 0.0), ("s", "b", 0.5)]) == T.Recipe("std", (("s", "b", 0.5),), "robust")
+    # 1/3 as the plan writes it (6 digits) and as a spec stores it (12 digits) is one α
+    assert T.patch("std", [("s", "a", round(1 / 3, 6))]) == T.patch("std", [("s", "a", 0.333333333333)])
+    assert T.parse_recipe(_patch("std", [("shallow32", "fog", 1)], bn_mix="convex"), root).bn_mix == "convex"
+    soup = {"kind": "soup", "members": [{"spec": _export("std"), "weight": 1.0}]}
+    assert T.parse_recipe(soup, root) is None
+    assert T.infer_root(_rows()) == root
+
+
+def test_results_select_by_spec_not_by_model_name() -> None:
+    rows = [_row(_export("std"), "clean", "", 0.9, model="robust/fog"),
+            _row(_export("robust/fog"), "clean", "", 0.1, model="std")]
+    res = T.Results(rows, ROOT)
+    assert res.acc(T.export("std")) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="spec"):
+        T.Results([{"model": "std", "condition": "clean", "level": "", "value": 0.5}], ROOT)
 
 
 def test_table1_oracle_selection_and_means() -> None:
@@ -59,6 +106,7 @@ def test_table1_oracle_selection_and_means() -> None:
     assert t["Standard + RWS_shallow"]["TA"] == pytest.approx(0.90)
     assert t["Standard + RWS_shallow,8bit"]["RA@5"] == pytest.approx((0.58 + 0.68) / 2)
     assert t["Standard + RWS_shallow, BN std (weights only)"]["RA@5"] == pytest.approx((0.35 + 0.45) / 2)
+    assert t["Standard + RWS_shallow, BN recalibrated"]["RA@5"] == pytest.approx((0.62 + 0.72) / 2)
     # a row with missing cells is not averaged over what happens to exist
     assert t["Standard + RWS_full"]["RA@5"] is None
     assert t["Standard"]["mb_files"] == 1.5
@@ -82,20 +130,42 @@ def test_table4_alpha_and_pair_tables() -> None:
     assert one["gaussian_noise"] == pytest.approx(0.60) and one["fog"] == pytest.approx(0.02)
 
 
+def test_composition_recalibrated_rows_only_when_measured() -> None:
+    sigs = [("shallow32", c, 1.0) for c in CS]
+    rows = _rows() + [_row(_patch("std", sigs), c, 5, 0.2) for c in CS]
+    labels = [r["row"] for r in T.composition_table(T.Results(rows), {"both": sigs}, CS, 5)]
+    assert labels == ["Standard (no patch)", "single right signature (oracle)", "both"]
+    rows += [_row(_patch("std", sigs, "recalibrate", calibration={"corruptions": CS, "batches": 2}), c, 5, 0.3)
+             for c in CS]
+    t = {r["row"]: r for r in T.composition_table(T.Results(rows), {"both": sigs}, CS, 5)}
+    assert t["both, BN recalibrated"]["mean"] == pytest.approx(0.3) and t["both"]["mean"] == pytest.approx(0.2)
+
+
 def test_transfer_gain() -> None:
-    rows = [_row("tiny/std", "fog", 5, 0.10), _row("tiny/std+shallow32:fog@1", "fog", 5, 0.15),
-            _row("tiny/std+shallow32:fog@1|bn=std", "fog", 5, 0.08)]
-    t = T.transfer_table(T.Results(rows), "tiny/std", "shallow32", ["fog"], (5,))
+    rows = [_row(_export("tiny/std"), "fog", 5, 0.10), _row(_patch("tiny/std", [("shallow32", "fog", 1)]), "fog", 5, 0.15),
+            _row(_patch("tiny/std", [("shallow32", "fog", 1)], "std"), "fog", 5, 0.08),
+            # the Tiny-ImageNet signature set is not the CIFAR-10 one
+            _row(_patch("tiny/std", [("tiny/shallow32", "fog", 1)]), "fog", 5, 0.50)]
+    t = T.transfer_table(T.Results(rows, ROOT), "tiny/std", "shallow32", ["fog"], (5,))
     assert t[0]["gain(bn=robust)"] == pytest.approx(0.05) and t[0]["gain(bn=std)"] == pytest.approx(-0.02)
 
 
-def test_write_all(tmp_path: Path) -> None:
+def test_write_all_and_cli(tmp_path: Path) -> None:
     plan = {"corruptions": CS, "severities": [3, 5], "alphas": [0.5, 1.0], "pair": CS, "pair_alphas": [0.0, 1.0],
             "compositions": {"both": [["shallow32", c, 1.0] for c in CS]}}
-    T.write_all(_rows(), plan, tmp_path)
+    T.write_all(_rows(), plan, tmp_path / "a")
     for f in ("table1.md", "table4.md", "alpha_sweep.md", "composition.md", "transfer.md"):
-        assert (tmp_path / f).read_text().startswith("#")
-    assert json.loads((tmp_path / "tables.json").read_text())["tables"]["table1"][0]["row"] == "Standard"
+        assert (tmp_path / "a" / f).read_text().startswith("#")
+    assert json.loads((tmp_path / "a" / "tables.json").read_text())["tables"]["table1"][0]["row"] == "Standard"
+    # the CLI over two result files and the tables.json's plan gives the same files
+    rows = _rows()
+    for name, part in (("r1", rows[:20]), ("r2", rows[20:])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    T.main([str(tmp_path / "r1"), str(tmp_path / "r2"), "--plan", str(tmp_path / "a" / "tables.json"),
+            "--out", str(tmp_path / "b"), "--root", ROOT])
+    for f in ("table1.md", "table4.md", "composition.md", "tables.json"):
+        assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text(), f
 
 
 def _analysis() -> dict:
@@ -118,12 +188,12 @@ def test_figures_write_png(tmp_path: Path) -> None:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_feature_map_figure_and_cross_cosines(tmp_path: Path) -> None:
+def _signatures(tmp_path: Path) -> dict[str, Path]:
     from rws.models import create_model
     from rws.weights.export import save_export
-    from rws.weights.signatures import extract_signature
     from rws.weights.layer_select import model_groups, select_from_cfg
     from rws.weights.signature_io import Signature, save_signature
+    from rws.weights.signatures import extract_signature
 
     torch.manual_seed(0)
     cfg = {"_target_": "rws.models.create_model", "name": "small_cnn", "num_classes": 10}
@@ -135,11 +205,34 @@ def test_feature_map_figure_and_cross_cosines(tmp_path: Path) -> None:
     for c in ("fog", "contrast"):
         rws, stats = extract_signature(models[0].state_dict(), models[1].state_dict(), models[2].state_dict(), keys,
                                        "per_tensor", groups)
-        sigs[c] = save_signature(tmp_path / f"{c}.safetensors",
+        sigs[c] = save_signature(tmp_path / "sigs" / f"{c}.safetensors",
                                  Signature(rws=rws, stats=stats, layers=names, corruption=c, model_cfg=cfg,
                                            bn_policy="robust"))
-    cos = F.cross_dataset_cosines(sigs, {"fog": sigs["fog"]})
+    return sigs
+
+
+def test_analysis_stage_feature_maps_and_cross_cosines(tmp_path: Path) -> None:
+    """The stage writes result files; the report plots them without models or data."""
+    sigs = _signatures(tmp_path)
+    cos = A.cross_dataset_cosines(sigs, {"fog": sigs["fog"]})
     assert cos["__all__"]["fog"]["fog"] == pytest.approx(1.0)
-    p = F.fig_feature_maps(tmp_path / "std", sigs["fog"], torch.rand(3, 32, 32), "fog", tmp_path / "f.png",
-                           n_channels=4)
+    assert set(cos["__all__"]) == {"fog", "contrast"}
+    A.main(["cross-cosines", "--a", str(tmp_path / "sigs"), "--b", str(tmp_path / "sigs"),
+            "--out", str(tmp_path / "data" / "fig5_cross_dataset.json")])
+    saved = json.loads((tmp_path / "data" / "fig5_cross_dataset.json").read_text())
+    assert saved["__all__"]["contrast"]["contrast"] == pytest.approx(1.0)
+
+    tensors, meta = A.feature_maps(tmp_path / "std", sigs["fog"], torch.rand(3, 32, 32), "fog", n_channels=4)
+    assert set(tensors) == set(A.FEATURE_MAP_KEYS) and tensors["channels"].numel() == 4
+    assert tensors["act_clean"].shape == tensors["act_patched"].shape and tensors["act_clean"].dim() == 3
+    # patching changes the first block's output on the corrupted image; the same inputs give the same maps
+    assert not torch.equal(tensors["act_std"], tensors["act_patched"])
+    again, _ = A.feature_maps(tmp_path / "std", sigs["fog"], tensors["image"], "fog", n_channels=4)
+    assert torch.equal(again["act_patched"], tensors["act_patched"])
+    assert -1.0 <= float(meta["cosine_patched"]) <= 1.0 and meta["corruption"] == "fog"
+
+    from rws.utils.io import save_safetensors
+
+    maps = save_safetensors(tensors, tmp_path / "data" / "fig9.safetensors", metadata=meta)
+    p = F.fig_feature_maps(maps, tmp_path / "f.png")
     assert p.stat().st_size > 1000

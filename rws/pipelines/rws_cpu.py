@@ -2,18 +2,20 @@
 
     python -m rws.pipelines.rws_cpu [--out outputs/rws_cpu] [--smoke] [--corruptions a,b,...]
                                     [--skip-transfer] [--wandb] [--stages train,tiny,extract,eval,report]
+                                    [--print-plan]
 
-Narrow VGG-16-BN (width 1/4) on the shared CIFAR-10 JPEGs (experiment=rws/cpu). Steps, each a real
-CLI call with a done marker, so a re-run resumes where it stopped:
-  1. train.py   θ_init from scratch (12 epochs)                                  -> init/export
-  2. train.py   θ_std: clean fine-tune from θ_init (3 epochs, lr 0.02)           -> std/export
-  3. train.py   θ_c per corruption (severity 5) + Data Augmentation (all mixed)   -> robust/<c>, augmented
-     (tiny)     Tiny-ImageNet θ_init (scratch), θ_std, θ_gaussian_noise          -> tiny/...
+Narrow VGG-16-BN (width 1/4) on the shared CIFAR-10 JPEGs (experiment=rws/cpu). ``plan()`` lists
+every step, each a real CLI call with a done marker, so a re-run resumes where it stopped:
+  1. rws.cli.train   θ_init from scratch (12 epochs)                                -> init/export
+  2. rws.cli.train   θ_std: clean fine-tune from θ_init (3 epochs, lr 0.02)         -> std/export
+  3. rws.cli.train   θ_c per corruption (severity 5) + Data Augmentation (all mixed) -> robust/<c>, augmented
+     (tiny)          Tiny-ImageNet θ_init (scratch), θ_std, θ_gaussian_noise        -> tiny/...
   4. rws.stages.extract  shallow (k=5) at 32/16/8 bits, full (all but head) at 32 -> sigs/<variant>/
-  5. evaluate.py Table-1 / Table-4 cells, α sweep, composition, transfer; the BN "recalibrate"
-     variant is evaluated in this process (it needs corrupted training batches)   -> eval/results.jsonl
-  6. tables (rws.report.rws_tables) and figures (rws.report.rws_figures)          -> *.md, *.json, figures/
-The CIFAR-10 chain and the Tiny-ImageNet/transfer/recalibration work run as two streams; training
+  5. rws.cli.evaluate Table-1 / Table-4 cells, α sweep, composition, transfer, and the BN "recalibrate"
+     rows (patch specs with a declarative calibration source)      -> eval*/results.jsonl
+  6. rws.stages.rws_analysis  what the figures need from models/data -> figure_data/
+     then tables (rws.report.rws_tables) and figures (rws.report.rws_figures) from result files -> *.md, figures/
+The runner (rws.pipelines.runner) starts each step once its inputs exist, two at a time; training
 steps hold a lock file, so a second driver on the same --out takes the next free step.
 See docs/rws_experiments.md.
 """
@@ -21,28 +23,36 @@ See docs/rws_experiments.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
-from rws.pipelines.steps import ROOT, run_step
 from rws.config import CONF_DIR
+from rws.corruptions import CPU_SHIFTS
+from rws.pipelines.runner import Step, lock_file, run, select
 
-CORRUPTIONS = ["gaussian_noise", "defocus_blur", "fog", "contrast", "pixelate"]
 STAGES = ("train", "tiny", "extract", "eval", "report")
 # The four signature variants of Table 1: (directory name, layers.k, bits).
 SIG_VARIANTS = (("shallow32", 5, 32), ("shallow16", 5, 16), ("shallow8", 5, 8), ("full32", "body", 32))
+CIFAR_EXPERIMENT, TINY_EXPERIMENT = "rws/cpu", "rws/cpu_tiny"
+# Calibration stream of the BN-recalibrated rows: severity-5 corrupted training batches, one
+# generator with this seed for the whole stream (rws.specs.calibration).
+CALIB_SEVERITY, CALIB_SEED = 5, 1234
+EVAL_DIRS = ("eval", "eval_tiny", "eval_reverse", "eval_recal")
+
+SigRef = tuple[str, str, float]  # (signature set label, corruption, alpha)
+Group = tuple[str, list[dict], list]  # (group name, specs, suites) of one evaluate call
 
 
 @dataclass
 class Settings:
     """Every size knob of the chain; ``smoke()`` shrinks it to a minutes-long end-to-end check."""
-    corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
+    corruptions: list[str] = field(default_factory=lambda: list(CPU_SHIFTS))
     init_epochs: int = 12
     ft_epochs: int = 3
     ft_lr: float = 0.02
@@ -56,6 +66,8 @@ class Settings:
     tiny_init_epochs: int = 4
     tiny_ft_epochs: int = 1
     tiny_corruption: str = "gaussian_noise"
+    transfer: bool = True                       # the Tiny-ImageNet models, transfer cells and Fig. 5
+    logger: tuple[str, ...] = ()                # extra overrides of every training step (wandb)
 
     @staticmethod
     def smoke(corruptions: list[str] | None = None) -> "Settings":
@@ -76,115 +88,6 @@ def _done(run_dir: Path) -> Path:
     return run_dir / "export" / "metrics.json"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _lock_path(run_dir: Path) -> Path:
-    return run_dir.parent / f".{run_dir.name}.lock"
-
-
-def _claim(run_dir: Path) -> bool:
-    """Take a step for this process (a lock file holding our pid), so two drivers started on the same
-    --out share the training steps instead of running one twice. A stale lock (dead pid) is taken over."""
-    lock = _lock_path(run_dir)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                holder = 0
-            if holder and holder != os.getpid() and _pid_alive(holder):
-                return False
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
-
-
-def _wait_for(run_dir: Path, poll_s: float = 10.0) -> None:
-    """Wait until a step claimed by another process is done (or its holder died: then run it here)."""
-    while not _done(run_dir).exists():
-        if _claim(run_dir):
-            raise RuntimeError(f"the process that held {run_dir} stopped before finishing it; re-run the driver")
-        time.sleep(poll_s)
-
-
-def _train(title: str, out: Path, run_dir: Path, experiment: str, extra: list[str], overrides: list[str],
-           logger: list[str], deferred: list[Path] | None = None) -> float:
-    argv = ["train.py", f"experiment={experiment}", f"run_name={run_dir.relative_to(out).as_posix().replace('/', '_')}",
-            f"hydra.run.dir={run_dir}", f"paths.output_dir={out}", "trainer.enable_progress_bar=false",
-            *overrides, *extra, *logger]
-    if _done(run_dir).exists():
-        return run_step(title, argv, done_marker=_done(run_dir))
-    if not _claim(run_dir):
-        if deferred is None:  # a later step needs this one: wait for the other driver
-            print(f"[wait] {title}: another driver is running it", flush=True)
-            _wait_for(run_dir)
-            return 0.0
-        print(f"[busy] {title}: another driver is running it; continuing with the next step", flush=True)
-        deferred.append(run_dir)
-        return 0.0
-    try:
-        return run_step(title, argv, done_marker=_done(run_dir))
-    finally:
-        _lock_path(run_dir).unlink(missing_ok=True)
-
-
-def train_cifar(out: Path, s: Settings, logger: list[str]) -> dict[str, float]:
-    """θ_init, θ_std, one θ_c per corruption and the Data Augmentation model."""
-    t: dict[str, float] = {}
-    exp = "rws/cpu"
-    ft = [f"init={_export(out / 'init')}", f"trainer.max_epochs={s.ft_epochs}", f"method.optim.lr={s.ft_lr}"]
-    t["init"] = _train("1 θ_init from scratch", out, out / "init", exp,
-                       [f"trainer.max_epochs={s.init_epochs}"], s.data_overrides, logger)
-    t["std"] = _train("2 θ_std: clean fine-tune from θ_init", out, out / "std", exp, ft, s.data_overrides, logger)
-    deferred: list[Path] = []
-    for c in s.corruptions:
-        t[f"robust/{c}"] = _train(f"3 θ_{c}: fine-tune from θ_init on {c} (severity 5)", out, out / "robust" / c,
-                                  exp, [*ft, "method=corruption", f"method.corruptions={c}", "method.severity=5"],
-                                  s.data_overrides, logger, deferred)
-    t["augmented"] = _train("3 Data Augmentation: fine-tune from θ_init on all corruptions mixed", out,
-                            out / "augmented", exp,
-                            [*ft, "method=corruption", f"method.corruptions=[{','.join(s.corruptions)}]",
-                             "method.severity=5"], s.data_overrides, logger, deferred)
-    for run_dir in deferred:
-        _wait_for(run_dir)
-    return t
-
-
-def train_tiny(out: Path, s: Settings, logger: list[str]) -> dict[str, float]:
-    """Tiny-ImageNet θ_init (scratch), θ_std and one robust model, for the transfer experiment."""
-    t: dict[str, float] = {}
-    tiny = out / "tiny"
-    exp = "rws/cpu_tiny"
-    ft = [f"init={_export(tiny / 'init')}", f"trainer.max_epochs={s.tiny_ft_epochs}", f"method.optim.lr={s.ft_lr}"]
-    t["tiny/init"] = _train("T1 Tiny-ImageNet θ_init from scratch", out, tiny / "init", exp,
-                            [f"trainer.max_epochs={s.tiny_init_epochs}"], s.tiny_overrides, logger)
-    deferred: list[Path] = []
-    t["tiny/std"] = _train("T2 Tiny-ImageNet θ_std", out, tiny / "std", exp, ft, s.tiny_overrides, logger, deferred)
-    c = s.tiny_corruption
-    t[f"tiny/robust/{c}"] = _train(f"T3 Tiny-ImageNet θ_{c}", out, tiny / "robust" / c, exp,
-                                   [*ft, "method=corruption", f"method.corruptions={c}", "method.severity=5"],
-                                   s.tiny_overrides, logger, deferred)
-    for run_dir in deferred:
-        _wait_for(run_dir)
-    return t
-
-
-# -- signatures ------------------------------------------------------------------------------------
-
 def _sig_dir(out: Path, label: str) -> Path:
     """``shallow32`` -> <out>/sigs/shallow32; ``tiny/shallow32`` -> <out>/tiny/sigs/shallow32."""
     if label.startswith("tiny/"):
@@ -192,71 +95,53 @@ def _sig_dir(out: Path, label: str) -> Path:
     return out / "sigs" / label
 
 
-def _body_layers(export_dir: Path) -> int:
-    """Number of non-head layer groups: RWS_full keeps every layer except the classifier."""
-    import torch
+# -- model specs -----------------------------------------------------------------------------------
 
-    from rws.models import layer_groups
-    from rws.weights.export import build_model, load_export
+def recipe_name(base: str, sigs: list[SigRef], bn: str = "robust") -> str:
+    """The display name of ``base`` patched with ``sigs`` (the results' ``model`` column), e.g.
+    ``std+shallow32:fog@1|bn=std``. Only a label: the tables select rows by their spec fields."""
+    parts = [f"{label}:{c}@{float(a):g}" for label, c, a in sigs]
+    name = "+".join([base, *parts])
+    return name if bn == "robust" else f"{name}|bn={bn}"
 
-    with torch.device("meta"):
-        model = build_model(load_export(export_dir).model_cfg)
-    return len(layer_groups(model)) - 1
-
-
-def extract_cifar(out: Path, s: Settings) -> None:
-    robust = "{" + ", ".join(f"{c}: {_export(out / 'robust' / c)}" for c in s.corruptions) + "}"
-    body = None
-    for label, k, bits in SIG_VARIANTS:
-        if k == "body":
-            body = body or _body_layers(_export(out / "std"))
-            k = body
-        d = _sig_dir(out, label)
-        run_step(f"4 extract {label} (layers.k={k}, {bits} bit, bn_policy=robust)",
-                 ["-m", "rws.stages.extract", f"init={_export(out / 'init')}", f"std={_export(out / 'std')}",
-                  f"robust={robust}", f"out={d}", f"layers.k={k}", f"bits={bits}", "bn_policy=robust",
-                  f"paths.output_dir={out}", f"hydra.run.dir={d}/hydra"],
-                 done_marker=d / "analysis.json")
-
-
-def extract_tiny(out: Path, s: Settings) -> None:
-    t = out / "tiny"
-    d = _sig_dir(out, "tiny/shallow32")
-    run_step("4 extract Tiny-ImageNet shallow32",
-             ["-m", "rws.stages.extract", f"init={_export(t / 'init')}", f"std={_export(t / 'std')}",
-              f"robust={{{s.tiny_corruption}: {_export(t / 'robust' / s.tiny_corruption)}}}", f"out={d}",
-              "layers.k=5", "bits=32", "bn_policy=robust", f"paths.output_dir={out}", f"hydra.run.dir={d}/hydra"],
-             done_marker=d / "analysis.json")
-
-
-# -- evaluation plan -------------------------------------------------------------------------------
 
 def export_spec(out: Path, role: str) -> dict[str, Any]:
     return {"kind": "export", "path": str(_export(out / role)), "name": role}
 
 
-def patch_spec(out: Path, base: str, sigs: list[tuple[str, str, float]], bn: str = "robust") -> dict[str, Any]:
-    from rws.report.rws_tables import patch_name
-
+def patch_spec(out: Path, base: str, sigs: list[SigRef], bn: str = "robust",
+               calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``base`` + Σ α·signature; α=0 entries are dropped (no-ops), and with none left it is the base."""
     kept = [(label, c, a) for label, c, a in sigs if float(a) != 0.0]
     if not kept:
         return export_spec(out, base)
-    return {"kind": "patch", "base": export_spec(out, base), "bn_policy": bn, "name": patch_name(base, kept, bn),
+    spec = {"kind": "patch", "base": export_spec(out, base), "bn_policy": bn, "name": recipe_name(base, kept, bn),
             "signatures": [{"path": str(_sig_dir(out, label) / f"{c}.safetensors"), "alpha": float(a)}
                            for label, c, a in kept]}
+    if calibration is not None:
+        spec["calibration"] = calibration
+    return spec
+
+
+def _calibration(s: Settings, corruptions: list[str], key: str) -> dict[str, Any]:
+    """Severity-5 corrupted training batches; ``key`` is "corruption" (one) or "corruptions" (cycled)."""
+    return {key: corruptions[0] if key == "corruption" else list(corruptions), "severity": CALIB_SEVERITY,
+            "batches": s.calib_batches, "seed": CALIB_SEED, "split": "train"}
 
 
 def _corr_suite(corrs: list[str], sevs: tuple[int, ...] | list[int]) -> dict[str, Any]:
     return {"name": "corruptions", "corruptions": list(corrs), "severities": [int(x) for x in sevs]}
 
 
-def plan_info(s: Settings, tiny: bool) -> dict[str, Any]:
+# -- what is evaluated -----------------------------------------------------------------------------
+
+def plan_info(s: Settings) -> dict[str, Any]:
     """What the tables need to know about the run (also written to plan.json)."""
     cs = s.corruptions
     pair = [c for c in ("gaussian_noise", "fog") if c in cs] if len(cs) >= 2 else []
     if len(pair) < 2:
         pair = cs[:2]
-    comps: dict[str, list[tuple[str, str, float]]] = {
+    comps: dict[str, list[SigRef]] = {
         f"2 signatures ({', '.join(pair)}) at α=1": [("shallow32", c, 1.0) for c in pair]}
     if len(cs) >= 3:
         comps[f"{len(cs[:3])} signatures ({', '.join(cs[:3])}) at α=1"] = [("shallow32", c, 1.0) for c in cs[:3]]
@@ -265,7 +150,7 @@ def plan_info(s: Settings, tiny: bool) -> dict[str, Any]:
     info: dict[str, Any] = {"corruptions": cs, "severities": list(s.severities), "alphas": list(s.alphas),
                             "pair": pair, "pair_alphas": list(s.pair_alphas), "compositions": comps,
                             "composition_severities": [max(s.severities)]}
-    if tiny:
+    if s.transfer:
         info["transfer"] = {
             "tiny_base": "tiny/std", "cifar_sigset": "shallow32", "tiny_sigset": "tiny/shallow32",
             "tiny_corruptions": [s.tiny_corruption], "tiny_robust": [f"tiny/robust/{s.tiny_corruption}"],
@@ -278,8 +163,8 @@ def plan_info(s: Settings, tiny: bool) -> dict[str, Any]:
     return info
 
 
-def eval_groups(out: Path, s: Settings, info: dict[str, Any]) -> list[tuple[str, list[dict], list]]:
-    """CIFAR-10 evaluate.py calls: (group name, specs, suites). Every spec is measured on every suite
+def eval_groups(out: Path, s: Settings, info: dict[str, Any]) -> list[Group]:
+    """CIFAR-10 evaluate calls: (group name, specs, suites). Every spec is measured on every suite
     of its group, so specs are grouped by the corruption they are meant for (oracle evaluation)."""
     cs, sev = s.corruptions, s.severities
     comps = list(info["compositions"].values())
@@ -308,7 +193,8 @@ def eval_groups(out: Path, s: Settings, info: dict[str, Any]) -> list[tuple[str,
     return [(n, _dedup(sp), su) for n, sp, su in groups]
 
 
-def tiny_groups(out: Path, s: Settings) -> list[tuple[str, list[dict], list]]:
+def tiny_groups(out: Path, s: Settings) -> list[Group]:
+    """Tiny-ImageNet data: the CIFAR-10 signatures on the Tiny-ImageNet std model, and its own one."""
     cs, sev, tc = s.corruptions, s.severities, s.tiny_corruption
     clean = [export_spec(out, "tiny/std"), export_spec(out, f"tiny/robust/{tc}"),
              *[patch_spec(out, "tiny/std", [("shallow32", c, 1.0)], bn) for c in cs for bn in ("robust", "std")],
@@ -323,12 +209,32 @@ def tiny_groups(out: Path, s: Settings) -> list[tuple[str, list[dict], list]]:
     return groups
 
 
-def reverse_groups(out: Path, s: Settings) -> list[tuple[str, list[dict], list]]:
+def reverse_groups(out: Path, s: Settings) -> list[Group]:
     """The Tiny-ImageNet signature on the CIFAR-10 standard model (CIFAR-10 data)."""
     tc = s.tiny_corruption
     specs = [patch_spec(out, "std", [("tiny/shallow32", tc, 1.0)], bn) for bn in ("robust", "std")]
     return [("reverse_clean", specs, ["clean"]),
             ("reverse_corr", [export_spec(out, "std"), *specs], [_corr_suite([tc], s.severities)])]
+
+
+def recal_groups(out: Path, s: Settings, info: dict[str, Any]) -> list[Group]:
+    """The BN 'recalibrate' rows: signature(s) applied, then the patched layers' BN statistics
+    re-estimated on corrupted *training* batches of the evaluated datamodule (oracle, like the
+    signature choice: the same corruption; for a composition, batches cycling through its
+    corruptions). Single signatures: their corruption at each severity; compositions: every
+    corruption at the composition severity, and clean data."""
+    groups: list[Group] = []
+    for c in s.corruptions:
+        spec = patch_spec(out, "std", [("shallow32", c, 1.0)], "recalibrate", _calibration(s, [c], "corruption"))
+        groups.append((f"recal_corr_{c}", [spec], [_corr_suite([c], s.severities)]))
+    comps = []
+    for sigs in info["compositions"].values():
+        sigs = [tuple(x) for x in sigs]
+        cs = list(dict.fromkeys(c for _, c, _ in sigs))
+        comps.append(patch_spec(out, "std", sigs, "recalibrate", _calibration(s, cs, "corruptions")))
+    groups.append(("recal_compositions", _dedup(comps),
+                   ["clean", _corr_suite(s.corruptions, info["composition_severities"])]))
+    return groups
 
 
 def _dedup(specs: list[dict]) -> list[dict]:
@@ -342,7 +248,7 @@ def _dedup(specs: list[dict]) -> list[dict]:
 
 
 def _experiment_data(experiment: str) -> list[str]:
-    """The experiment file's data settings as evaluate.py overrides (same test subset as training)."""
+    """The experiment file's data settings as evaluate overrides (same test subset as training)."""
     exp = yaml.safe_load((CONF_DIR / "experiment" / f"{experiment}.yaml").read_text())
     data = next(d["override /data"] for d in exp["defaults"] if isinstance(d, dict) and "override /data" in d)
     return [f"data={data}", *[f"data.{k}={v}" for k, v in (exp.get("data") or {}).items()]]
@@ -366,99 +272,151 @@ def _hydra_value(v: Any) -> str:
     return str(v)
 
 
-def run_eval_group(out: Path, eval_dir: Path, name: str, specs: list[dict], suites: list,
-                   data_args: list[str], logger: list[str]) -> float:
-    spec_dir = out / "specs" / name
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    files = []
-    for i, sp in enumerate(specs):
-        f = spec_dir / f"{i:03d}.yaml"
-        f.write_text(yaml.safe_dump(sp, sort_keys=False))
-        files.append(str(f))
-    marker = eval_dir / ".done" / _marker_name(name, [specs, suites])
-    dt = run_step(f"5 evaluate {name}: {len(specs)} models", [
-        "evaluate.py", *data_args, f"paths.output_dir={out}", f"out={eval_dir}", f"specs=[{','.join(files)}]",
-        f"suites={_hydra_value(suites)}", "print_table=false", "progress=false", "device=cpu", *logger],
-        done_marker=marker)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    return dt
-
-
-def eval_recalibrated(out: Path, s: Settings, data_args: list[str], info: dict[str, Any]) -> None:
-    """The BN 'recalibrate' variant: signature(s) applied, then the patched layers' BN statistics
-    re-estimated on corrupted *training* batches (oracle, like the signature choice: the same
-    corruption; for a composition, batches cycling through its corruptions). Runs in this process
-    through the evaluation API (it needs data), writing the same long-format rows to <out>/eval_recal.
-    Single signatures: every corruption at each severity; compositions: their corruptions at the
-    composition severity, and clean data."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from rws.corruptions import corrupt
-    from rws.evaluation.pipeline import evaluate
-    from rws.weights import specs as specs_mod
-    from rws.weights.patching import Patcher
-
-    jobs: list[tuple[dict[str, Any], list[str], list]] = []
-    for c in s.corruptions:
-        spec = patch_spec(out, "std", [("shallow32", c, 1.0)], "recalibrate")
-        spec["calibration"] = {"corruption": c, "severity": 5, "batches": s.calib_batches, "split": "train"}
-        jobs.append((spec, [c], [_corr_suite([c], s.severities)]))
-    for sigs in info["compositions"].values():
-        sigs = [tuple(x) for x in sigs]
-        cs = list(dict.fromkeys(c for _, c, _ in sigs))
-        spec = patch_spec(out, "std", sigs, "recalibrate")
-        spec["calibration"] = {"corruptions": cs, "severity": 5, "batches": s.calib_batches, "split": "train"}
-        jobs.append((spec, cs, ["clean", _corr_suite(s.corruptions, info["composition_severities"])]))
-    todo = [j for j in jobs if not (out / "eval_recal" / ".done" / _marker_name(j[0]["name"], j)).exists()]
-    if not todo:
-        print("[skip] 5 evaluate BN recalibrate: every item is done", flush=True)
-        return
-    t0 = time.time()
-    print(f"[run ] 5 evaluate BN recalibrate (in process): {len(todo)} models", flush=True)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("evaluate", overrides=[*data_args, f"paths.output_dir={out}", f"out={out / 'eval_recal'}",
-                                             "print_table=false", "progress=false", "device=cpu"])
-    dm = instantiate(cfg.data)
-    dm.setup()
-    for job in todo:
-        spec, calib_cs, suites = job
-
-        def build(sp: dict, device: Any = "cpu", _cs: list[str] = calib_cs) -> Any:
-            import torch
-
-            model = specs_mod.build(sp["base"], device=device)
-            patcher = Patcher(model, [(x["path"], float(x["alpha"])) for x in sp["signatures"]],
-                              bn_policy="recalibrate")
-            patcher.apply()
-            gen = torch.Generator().manual_seed(1234)
-            batches = (corrupt(x, _cs[i % len(_cs)], 5, table=dm.corruption_table, generator=gen)
-                       for i, (x, _) in enumerate(dm.calibration_batches(s.calib_batches, dm.batch_size)))
-            patcher.recalibrate(batches)
-            return model.eval()
-
-        cfg_c = cfg.copy()
-        cfg_c.specs = [spec]
-        cfg_c.suites = suites
-        evaluate(cfg_c, build_fn=build, datamodule=dm)
-        marker = out / "eval_recal" / ".done" / _marker_name(spec["name"], job)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    print(f"[done] 5 evaluate BN recalibrate in {time.time() - t0:.1f}s", flush=True)
-
-
 def _marker_name(name: str, content: Any) -> str:
     """A done-marker file name that changes when the work item changes (specs, suites)."""
-    import hashlib
-
     digest = hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:60] + "-" + digest
 
 
+def _body_layers(experiment: str) -> int:
+    """Number of non-head layer groups of the experiment's model: RWS_full keeps every layer except
+    the classifier. From the config (the exports' model.yaml is that same model config)."""
+    import torch
+
+    from rws.config import compose
+    from rws.models import layer_groups
+    from rws.utils.config import to_plain
+    from rws.weights.export import build_model
+
+    cfg = compose("train", [f"experiment={experiment}"])
+    with torch.device("meta"):  # structure only
+        model = build_model(to_plain(cfg.model))
+    return len(layer_groups(model)) - 1
+
+
+def _spec_paths(spec: dict[str, Any]) -> Iterator[Path]:
+    """Every export directory and signature file a spec reads."""
+    if spec["kind"] == "export":
+        yield Path(spec["path"])
+    for sig in spec.get("signatures", []):
+        yield Path(sig["path"])
+    if "base" in spec:
+        yield from _spec_paths(spec["base"])
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+def plan(s: Settings, out: Path) -> list[Step]:
+    """Every step of the chain, in order (pure: nothing runs, nothing is written). Each step
+    ``needs`` the steps that write the exports and signatures it reads."""
+    steps: list[Step] = []
+    producers: dict[Path, str] = {}  # export dir / signature dir -> name of the step that writes it
+
+    def train(role: str, title: str, experiment: str, extra: list[str], overrides: list[str],
+              needs: tuple[str, ...], tag: str) -> None:
+        run_dir = out / role
+        argv = ("-m", "rws.cli.train", f"experiment={experiment}", f"run_name={role.replace('/', '_')}",
+                f"hydra.run.dir={run_dir}", f"paths.output_dir={out}", "trainer.enable_progress_bar=false",
+                *overrides, *extra, *s.logger)
+        steps.append(Step(role, title, argv, done=_done(run_dir), needs=needs, lock=lock_file(run_dir), tag=tag))
+        producers[_export(run_dir)] = role
+
+    def extract(label: str, title: str, init: str, std: str, robust: dict[str, str], k: int, bits: int) -> None:
+        d = _sig_dir(out, label)
+        name = d.relative_to(out).as_posix()
+        robust_arg = "{" + ", ".join(f"{c}: {_export(out / r)}" for c, r in robust.items()) + "}"
+        steps.append(Step(name, title, (
+            "-m", "rws.stages.extract", f"init={_export(out / init)}", f"std={_export(out / std)}",
+            f"robust={robust_arg}", f"out={d}", f"layers.k={k}", f"bits={bits}", "bn_policy=robust",
+            f"paths.output_dir={out}", f"hydra.run.dir={d}/hydra"),
+            done=d / "analysis.json", needs=(init, std, *robust.values()), lock=lock_file(d), tag="extract"))
+        producers[d] = name
+
+    cs = s.corruptions
+    ft = [f"init={_export(out / 'init')}", f"trainer.max_epochs={s.ft_epochs}", f"method.optim.lr={s.ft_lr}"]
+    train("init", "1 θ_init from scratch", CIFAR_EXPERIMENT, [f"trainer.max_epochs={s.init_epochs}"],
+          s.data_overrides, (), "train")
+    train("std", "2 θ_std: clean fine-tune from θ_init", CIFAR_EXPERIMENT, ft, s.data_overrides, ("init",), "train")
+    for c in cs:
+        train(f"robust/{c}", f"3 θ_{c}: fine-tune from θ_init on {c} (severity 5)", CIFAR_EXPERIMENT,
+              [*ft, "method=corruption", f"method.corruptions={c}", "method.severity=5"], s.data_overrides,
+              ("init",), "train")
+    train("augmented", "3 Data Augmentation: fine-tune from θ_init on all corruptions mixed", CIFAR_EXPERIMENT,
+          [*ft, "method=corruption", f"method.corruptions=[{','.join(cs)}]", "method.severity=5"],
+          s.data_overrides, ("init",), "train")
+    tc = s.tiny_corruption
+    if s.transfer:
+        tft = [f"init={_export(out / 'tiny' / 'init')}", f"trainer.max_epochs={s.tiny_ft_epochs}",
+               f"method.optim.lr={s.ft_lr}"]
+        train("tiny/init", "T1 Tiny-ImageNet θ_init from scratch", TINY_EXPERIMENT,
+              [f"trainer.max_epochs={s.tiny_init_epochs}"], s.tiny_overrides, (), "tiny")
+        train("tiny/std", "T2 Tiny-ImageNet θ_std", TINY_EXPERIMENT, tft, s.tiny_overrides, ("tiny/init",), "tiny")
+        train(f"tiny/robust/{tc}", f"T3 Tiny-ImageNet θ_{tc}", TINY_EXPERIMENT,
+              [*tft, "method=corruption", f"method.corruptions={tc}", "method.severity=5"], s.tiny_overrides,
+              ("tiny/init",), "tiny")
+
+    robust = {c: f"robust/{c}" for c in cs}
+    body = None
+    for label, k, bits in SIG_VARIANTS:
+        if k == "body":
+            body = body or _body_layers(CIFAR_EXPERIMENT)
+            k = body
+        extract(label, f"4 extract {label} (layers.k={k}, {bits} bit, bn_policy=robust)", "init", "std", robust,
+                int(k), bits)
+    if s.transfer:
+        extract("tiny/shallow32", "4 extract Tiny-ImageNet shallow32", "tiny/init", "tiny/std",
+                {tc: f"tiny/robust/{tc}"}, 5, 32)
+
+    info = plan_info(s)
+    cifar_data = _merge_overrides(_experiment_data(CIFAR_EXPERIMENT), s.data_overrides)
+    tiny_data = _merge_overrides(_experiment_data(TINY_EXPERIMENT), s.tiny_overrides)
+    evals = [("eval", g, cifar_data) for g in eval_groups(out, s, info)]
+    if s.transfer:
+        evals += [("eval_tiny", g, tiny_data) for g in tiny_groups(out, s)]
+        evals += [("eval_reverse", g, cifar_data) for g in reverse_groups(out, s)]
+    evals += [("eval_recal", g, cifar_data) for g in recal_groups(out, s, info)]
+    for eval_dir, group, data_args in evals:
+        steps.append(_eval_step(out, out / eval_dir, group, data_args, producers))
+
+    c = cs[0]
+    maps = out / "figure_data" / "fig9_feature_maps.safetensors"
+    steps.append(Step("figure_data/feature_maps", "6 first conv block activations, std vs patched (Fig. 9)", (
+        "-m", "rws.stages.rws_analysis", "feature-maps", "--export", str(_export(out / "std")),
+        "--signature", str(_sig_dir(out, "shallow32") / f"{c}.safetensors"), "--corruption", c,
+        "--out", str(maps), "--data", *cifar_data),
+        done=maps, needs=("std", "sigs/shallow32"), tag="report"))
+    if s.transfer:
+        cos = out / "figure_data" / "fig5_cross_dataset.json"
+        steps.append(Step("figure_data/cross_dataset", "6 CIFAR-10 vs Tiny-ImageNet signature cosines (Fig. 5)", (
+            "-m", "rws.stages.rws_analysis", "cross-cosines", "--a", str(_sig_dir(out, "shallow32")),
+            "--b", str(_sig_dir(out, "tiny/shallow32")), "--out", str(cos)),
+            done=cos, needs=("sigs/shallow32", "tiny/sigs/shallow32"), tag="report"))
+    return steps
+
+
+def _eval_step(out: Path, eval_dir: Path, group: Group, data_args: list[str], producers: dict[Path, str]) -> Step:
+    """One evaluate call over a group; its specs go to <out>/specs/<group>/NNN.yaml (spec files keep
+    recipe names and paths out of Hydra's override grammar)."""
+    name, specs, suites = group
+    files = {out / "specs" / name / f"{i:03d}.yaml": yaml.safe_dump(sp, sort_keys=False)
+             for i, sp in enumerate(specs)}
+    marker = eval_dir / ".done" / _marker_name(name, [specs, suites])
+    reads = {p if p.name == "export" else p.parent for sp in specs for p in _spec_paths(sp)}
+    needs = tuple(dict.fromkeys(producers[p] for p in sorted(reads) if p in producers))
+    return Step(f"{eval_dir.name}/{name}", f"5 evaluate {name}: {len(specs)} models", (
+        "-m", "rws.cli.evaluate", *data_args, f"paths.output_dir={out}", f"out={eval_dir}",
+        f"specs=[{','.join(str(f) for f in files)}]", f"suites={_hydra_value(suites)}", "print_table=false",
+        "progress=false", "device=cpu"),
+        done=marker, mark_done=True, needs=needs, lock=lock_file(marker), files=files, tag="eval")
+
+
+# -- report ----------------------------------------------------------------------------------------
+
 def storage(out: Path, s: Settings) -> dict[str, dict[str, float]]:
     """Table 1's MB column: real file sizes and the paper's parameter-count formula."""
     from safetensors import safe_open
+
+    from rws.report.rws_tables import RWS_ROWS
 
     def numel(path: Path, weights_only: bool) -> int:
         n = 0
@@ -482,8 +440,6 @@ def storage(out: Path, s: Settings) -> dict[str, dict[str, float]]:
            "All Models (oracle)": {"mb_files": (base + sum((_export(out / "robust" / c) / "model.safetensors")
                                                           .stat().st_size for c in s.corruptions)) / mb,
                                    "mb_formula": (1 + n_c) * 4 * n_std / mb}}
-    from rws.report.rws_tables import RWS_ROWS
-
     for label, sigset, _bn in RWS_ROWS:
         files = [_sig_dir(out, sigset) / f"{c}.safetensors" for c in s.corruptions]
         bits = next(b for lab, _k, b in SIG_VARIANTS if lab == sigset)
@@ -500,78 +456,35 @@ def _prod(shape: Any) -> int:
     return n
 
 
-def run_all(out: Path, s: Settings, info: dict[str, Any], stages: set[str], tiny: bool,
-            logger: list[str]) -> dict[str, float]:
-    """Two streams, so both cores stay busy on the shared box:
-    A: CIFAR-10 models -> signatures -> CIFAR-10 evaluation groups;
-    B: Tiny-ImageNet models -> its signature -> (once A has extracted) transfer cells -> BN recalibration."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    cifar_data = _merge_overrides(_experiment_data("rws/cpu"), s.data_overrides)
-    tiny_data = _merge_overrides(_experiment_data("rws/cpu_tiny"), s.tiny_overrides)
-    extracted = threading.Event()
-    timings: dict[str, float] = {}
-
-    def stream_a() -> None:
-        try:
-            if "train" in stages:
-                timings.update(train_cifar(out, s, logger))
-            if "extract" in stages:
-                t = time.time()
-                extract_cifar(out, s)
-                timings["extract"] = time.time() - t
-        finally:
-            extracted.set()  # never leave stream B waiting on a failed stream A
-        if "eval" in stages:
-            t = time.time()
-            for name, specs, suites in eval_groups(out, s, info):
-                run_eval_group(out, out / "eval", name, specs, suites, cifar_data, [])
-            timings["eval_cifar"] = time.time() - t
-
-    def stream_b() -> None:
-        t = time.time()
-        if tiny:
-            if "tiny" in stages:
-                timings.update(train_tiny(out, s, logger))
-            if "extract" in stages:
-                extract_tiny(out, s)
-        extracted.wait()
-        if "eval" in stages:
-            if tiny:
-                for name, specs, suites in tiny_groups(out, s):
-                    run_eval_group(out, out / "eval_tiny", name, specs, suites, tiny_data, [])
-                for name, specs, suites in reverse_groups(out, s):
-                    run_eval_group(out, out / "eval_reverse", name, specs, suites, cifar_data, [])
-            eval_recalibrated(out, s, cifar_data, info)
-        timings["stream_b"] = time.time() - t
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(stream_a), pool.submit(stream_b)]
-        for f in futures:
-            f.result()
-    return timings
-
-
 def report(out: Path, s: Settings, info: dict[str, Any], use_wandb: bool) -> str:
     """Tables (markdown + JSON) and figures from the result files; prints Table 1."""
     from rws.evaluation.results import read_results
     from rws.report import rws_figures, rws_tables
 
     rows: list[dict[str, Any]] = []
-    for d in ("eval", "eval_tiny", "eval_reverse", "eval_recal"):
+    for d in EVAL_DIRS:
         if (out / d / "results.jsonl").exists():
             rows += read_results(out / d)
-    plan = {**info, "storage": storage(out, s)}
-    tables = rws_tables.write_all(rows, plan, out)
-    figs = rws_figures.make_all(out, plan, tables,
-                                 data_args=_merge_overrides(_experiment_data("rws/cpu"), s.data_overrides))
+    plan_ = {**info, "storage": storage(out, s)}
+    tables = rws_tables.write_all(rows, plan_, out, root=out)
+    figs = rws_figures.make_all(out, plan_, tables)
     if use_wandb:
         rws_figures.log_wandb(figs, tables, out)
     md = (out / "table1.md").read_text()
     print("\n" + md)
     print(f"figures: {', '.join(str(f.name) for f in figs)}")
     return md
+
+
+def settings_from_args(a: argparse.Namespace) -> Settings:
+    corr = a.corruptions.split(",") if a.corruptions else None
+    if corr:
+        from rws.corruptions import resolve_corruptions
+
+        corr = list(resolve_corruptions(corr))
+    s = Settings.smoke(corr) if a.smoke else (replace(Settings(), corruptions=corr) if corr else Settings())
+    logger = ("logger=wandb", "+wandb_group=rws_cpu") if a.wandb else ()
+    return replace(s, transfer=not a.skip_transfer, logger=logger)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -582,26 +495,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-transfer", action="store_true", help="no Tiny-ImageNet models / transfer table")
     p.add_argument("--wandb", action="store_true", help="log training runs and figures to wandb")
     p.add_argument("--stages", default=",".join(STAGES), help=f"subset of {','.join(STAGES)} to run")
+    p.add_argument("--print-plan", action="store_true", help="print every step as a shell command and exit")
     a = p.parse_args(argv)
     out = Path(a.out).resolve()
-    corr = a.corruptions.split(",") if a.corruptions else None
-    if corr:
-        from rws.corruptions import resolve_corruptions
-
-        corr = list(resolve_corruptions(corr))
-    s = Settings.smoke(corr) if a.smoke else (replace(Settings(), corruptions=corr) if corr else Settings())
+    s = settings_from_args(a)
     stages = set(a.stages.split(","))
     unknown = stages - set(STAGES)
     if unknown:
-        raise SystemExit(f"unknown stage(s) {sorted(unknown)}; stages: {','.join(STAGES)}")
-    tiny = not a.skip_transfer
-    logger = ["logger=wandb", "+wandb_group=rws_cpu"] if a.wandb else []
+        raise SystemExit(f"unknown stage(s) {sorted(unknown)} in --stages; stages: {','.join(STAGES)}")
+    steps = select(plan(s, out), stages)
+    if a.print_plan:
+        for st in steps:
+            print(f"# {st.title}\n{st.shell()}")
+        return
     out.mkdir(parents=True, exist_ok=True)
-    info = plan_info(s, tiny)
+    info = plan_info(s)
     (out / "plan.json").write_text(json.dumps(info, indent=2))
     t0 = time.time()
-    timings: dict[str, float] = {}
-    timings.update(run_all(out, s, info, stages, tiny, logger))
+    timings = run(steps, jobs=2)  # two cores: the CIFAR-10 and Tiny-ImageNet chains interleave
     if "report" in stages:
         t = time.time()
         report(out, s, info, a.wandb)

@@ -6,10 +6,10 @@ rws_cpu's own transfer table starts the Tiny-ImageNet models from their own thet
 then live in unrelated bases and do not transfer. Here the Tiny-ImageNet models start from the
 CIFAR-10 theta_init (``init_skip=[head]``: a fresh 200-way head, everything else shared), as a
 pre-trained init would be shared in the paper. Steps (real CLI calls, resumable):
-  1. Tiny theta_init = CIFAR theta_init + fresh head (train.py with 0 epochs)
+  1. Tiny theta_init = CIFAR theta_init + fresh head (rws.cli.train with 0 epochs)
   2. Tiny theta_std and theta_gaussian_noise fine-tuned from it (run concurrently)
   3. the Tiny signature for gaussian_noise (rws.stages.extract)
-  4. evaluate.py on Tiny-ImageNet: std, std + each CIFAR-10 signature, std + the Tiny signature,
+  4. rws.cli.evaluate on Tiny-ImageNet: std, std + each CIFAR-10 signature, std + the Tiny signature,
      the dedicated Tiny robust model; clean + the 5 corruptions at severities 3 and 5
   5. the transfer table (<out>/transfer_shared.md)
 """
@@ -17,69 +17,77 @@ pre-trained init would be shared in the paper. Steps (real CLI calls, resumable)
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from rws.pipelines.steps import ROOT, run_step
-from rws.utils.io import write_text
+from rws.corruptions import CPU_SHIFTS
+from rws.pipelines.runner import Step, run
 
-CORRUPTIONS = ["gaussian_noise", "defocus_blur", "fog", "contrast", "pixelate"]
+TINY_CORRUPTION = "gaussian_noise"  # the one Tiny-ImageNet robust model / signature
+
+
+@dataclass(frozen=True)
+class Settings:
+    cifar: Path                  # the rws_cpu output (CIFAR-10 init + signatures)
+    epochs: int = 4
+    lr: float = 0.03
+    sigset: str = "shallow32"    # which CIFAR-10 signature set (a folder of <cifar>/sigs)
+
+
+def plan(s: Settings, out: Path) -> list[Step]:
+    cifar, tc = s.cifar, TINY_CORRUPTION
+    env = {"OMP_NUM_THREADS": "1"}
+    common = ("-m", "rws.cli.train", "experiment=rws/cpu_tiny", f"paths.output_dir={out}",
+              "trainer.enable_progress_bar=false")
+    steps = [Step("init", "1/5 Tiny theta_init = CIFAR-10 theta_init + a fresh 200-way head",
+                  (*common, f"init={cifar}/init/export", "init_skip=[head]", "trainer.max_epochs=0",
+                   "test_after_fit=false", f"hydra.run.dir={out}/init"),
+                  done=out / "init/export/metrics.json", env=env)]
+    ft = (f"init={out}/init/export", f"trainer.max_epochs={s.epochs}", f"method.optim.lr={s.lr}")
+    jobs = {"std": (), f"robust_{tc}": ("method=corruption", f"method.corruptions={tc}", "method.severity=5")}
+    for name, extra in jobs.items():
+        steps.append(Step(name, f"2/5 Tiny {name}", (*common, *ft, *extra, f"hydra.run.dir={out}/{name}"),
+                          done=out / name / "export/metrics.json", env=env, needs=("init",),
+                          log=out / f"{name}.log"))
+    steps.append(Step("extract", f"3/5 Tiny signature ({tc})",
+                      ("-m", "rws.stages.extract", f"init={out}/init/export", f"std={out}/std/export",
+                       f"robust={{{tc}: {out}/robust_{tc}/export}}", f"out={out}/sigs", "analysis=false"),
+                      done=out / f"sigs/{tc}.safetensors", env=env, needs=tuple(jobs)))
+    std = {"kind": "export", "path": f"{out}/std/export", "name": "tiny_std"}
+    specs = [std, {"kind": "export", "path": f"{out}/robust_{tc}/export", "name": f"tiny_robust_{tc}"}]
+    specs += [{"kind": "patch", "name": f"tiny_std+cifar_rws_{c}", "base": std,
+               "signatures": [{"path": f"{cifar}/sigs/{s.sigset}/{c}.safetensors", "alpha": 1.0}]}
+              for c in CPU_SHIFTS]
+    specs.append({"kind": "patch", "name": f"tiny_std+tiny_rws_{tc}", "base": std,
+                  "signatures": [{"path": f"{out}/sigs/{tc}.safetensors", "alpha": 1.0}]})
+    # Spec files rather than inline specs: paths and names stay out of Hydra's override grammar.
+    files = {out / "specs" / f"{i:02d}.yaml": yaml.safe_dump(spec, sort_keys=False) for i, spec in enumerate(specs)}
+    steps.append(Step("evaluate", "4/5 evaluate on Tiny-ImageNet",
+                      ("-m", "rws.cli.evaluate", "data=tiny_imagenet", "data.test_subset=1000",
+                       f"paths.output_dir={out}", f"specs=[{','.join(str(f) for f in files)}]", f"out={out}/eval",
+                       "print_table=false", "progress=false",
+                       f"suites=[clean,{{name: corruptions, corruptions: [{','.join(CPU_SHIFTS)}], "
+                       "severities: [3,5]}]"),
+                      env=env, files=files, needs=("extract",)))
+    steps.append(Step("table", "5/5 table",
+                      ("-m", "rws.report.tables", f"{out}/eval", "--rows", "model", "--cols", "condition",
+                       "--suite", "corruptions", "--out", f"{out}/transfer_shared"),
+                      needs=("evaluate",)))
+    return steps
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar", default="outputs/rws_cpu", help="the rws_cpu output (CIFAR-10 init + signatures)")
     p.add_argument("--out", default="outputs/rws_transfer")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.03)
-    p.add_argument("--sigset", default="shallow32", help="which CIFAR-10 signature set (a folder of <cifar>/sigs)")
+    p.add_argument("--epochs", type=int, default=Settings.epochs)
+    p.add_argument("--lr", type=float, default=Settings.lr)
+    p.add_argument("--sigset", default=Settings.sigset, help="which CIFAR-10 signature set (a folder of <cifar>/sigs)")
     a = p.parse_args(argv)
-    cifar, out = Path(a.cifar).resolve(), Path(a.out).resolve()
-    env = {"OMP_NUM_THREADS": "1"}
-    common = ["train.py", "experiment=rws/cpu_tiny", f"paths.output_dir={out}", "trainer.enable_progress_bar=false"]
-    run_step("1/5 Tiny theta_init = CIFAR-10 theta_init + a fresh 200-way head",
-             [*common, f"init={cifar}/init/export", "init_skip=[head]", "trainer.max_epochs=0",
-              "test_after_fit=false", f"hydra.run.dir={out}/init"], out / "init/export/metrics.json", env)
-    ft = [f"init={out}/init/export", f"trainer.max_epochs={a.epochs}", f"method.optim.lr={a.lr}"]
-    jobs = {"std": [], "robust_gaussian_noise": ["method=corruption", "method.corruptions=gaussian_noise",
-                                                 "method.severity=5"]}
-    procs = []
-    for name, extra in jobs.items():
-        if (out / name / "export/metrics.json").exists():
-            continue
-        cmd = [sys.executable, *common, *ft, *extra, f"hydra.run.dir={out}/{name}"]
-        print(f"[run ] 2/5 Tiny {name} (log {out}/{name}.log)", flush=True)
-        (out / name).mkdir(parents=True, exist_ok=True)
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=open(out / f"{name}.log", "w"),
-                                      stderr=subprocess.STDOUT, env={**os.environ, **env}))
-    if any(proc.wait() != 0 for proc in procs):
-        raise SystemExit(f"a Tiny-ImageNet training step failed; see {out}/*.log")
-    run_step("3/5 Tiny signature (gaussian_noise)",
-             ["-m", "rws.stages.extract", f"init={out}/init/export", f"std={out}/std/export",
-              f"robust={{gaussian_noise: {out}/robust_gaussian_noise/export}}", f"out={out}/sigs", "analysis=false"],
-             out / "sigs/gaussian_noise.safetensors", env)
-    std = {"kind": "export", "path": f"{out}/std/export", "name": "tiny_std"}
-    specs = [std, {"kind": "export", "path": f"{out}/robust_gaussian_noise/export", "name": "tiny_robust_gaussian_noise"}]
-    specs += [{"kind": "patch", "name": f"tiny_std+cifar_rws_{c}", "base": std,
-               "signatures": [{"path": f"{cifar}/sigs/{a.sigset}/{c}.safetensors", "alpha": 1.0}]} for c in CORRUPTIONS]
-    specs.append({"kind": "patch", "name": "tiny_std+tiny_rws_gaussian_noise", "base": std,
-                  "signatures": [{"path": f"{out}/sigs/gaussian_noise.safetensors", "alpha": 1.0}]})
-    # Spec files rather than inline specs: paths and names stay out of Hydra's override grammar.
-    spec_files = []
-    for i, spec in enumerate(specs):
-        spec_files.append(write_text(out / "specs" / f"{i:02d}.yaml", yaml.safe_dump(spec, sort_keys=False)))
-    run_step("4/5 evaluate on Tiny-ImageNet",
-             ["evaluate.py", "data=tiny_imagenet", "data.test_subset=1000", f"paths.output_dir={out}",
-              f"specs=[{','.join(str(f) for f in spec_files)}]", f"out={out}/eval", "print_table=false",
-              "progress=false",
-              f"suites=[clean,{{name: corruptions, corruptions: [{','.join(CORRUPTIONS)}], severities: [3,5]}}]"],
-             env=env)
-    run_step("5/5 table", ["-m", "rws.report.tables", f"{out}/eval", "--rows", "model", "--cols", "condition",
-                           "--suite", "corruptions", "--out", f"{out}/transfer_shared"])
+    out = Path(a.out).resolve()
+    run(plan(Settings(Path(a.cifar).resolve(), a.epochs, a.lr, a.sigset), out), jobs=2)
     print((out / "transfer_shared.md").read_text())
 
 

@@ -1,6 +1,7 @@
-"""Robust Weight Signatures analysis figures (PNG, matplotlib Agg), from the pipeline's files only:
-``sigs/*/analysis.json`` (per-layer norms and cosines), signature files, exports and the tables
-built from ``results.jsonl``.
+"""Robust Weight Signatures analysis figures (PNG, matplotlib Agg), from result files only:
+``sigs/*/analysis.json`` (per-layer norms and cosines, written by rws.stages.extract),
+``figure_data/`` (cross-dataset cosines and feature maps, written by rws.stages.rws_analysis) and
+the tables built from ``results.jsonl``.
 
   fig2_layer_norms.png        per-layer ‖RWS‖ / ‖θ_std‖ per corruption (paper Fig. 2)
   fig3_cosine_layers.png      per-layer cosine similarity between corruptions' RWS (Fig. 3/4)
@@ -8,10 +9,13 @@ built from ``results.jsonl``.
   fig7_alpha_sweep.png        clean / severity 3 / severity 5 accuracy vs α (Fig. 7)
   fig8_composition.png        two signatures composed over an α grid (Fig. 8)
   fig9_feature_maps.png       first conv block activations: std vs patched on one corrupted image (Fig. 9)
+
+    python -m rws.report.rws_figures OUT      # from OUT/tables.json, OUT/sigs, OUT/figure_data
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -22,7 +26,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from rws.config import CONF_DIR
 
 
 def _short(layer: str) -> str:
@@ -78,58 +81,6 @@ def fig_cosine_layers(analysis: Mapping[str, Any], path: str | Path, max_layers:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="cosine similarity")
     fig.suptitle("Cosine similarity between corruptions' RWS, per layer")
     return _save(fig, path)
-
-
-def _weight_tensors(path: str | Path) -> dict[str, Any]:
-    from rws.weights.signature_io import load_signature
-
-    sig = load_signature(path)
-    return {k: v.double().flatten() for k, v in sig.rws.items()}
-
-
-def _key_layers(sig_path: str | Path) -> dict[str, str]:
-    """state-dict key -> layer name (rws.models.layer_groups) of the signature's architecture."""
-    import torch
-
-    from rws.models import layer_groups
-    from rws.weights.export import build_model
-    from rws.weights.signature_io import load_signature
-
-    try:
-        with torch.device("meta"):
-            model = build_model(load_signature(sig_path).model_cfg)
-    except Exception:  # no usable model config: fall back to module names
-        return {}
-    return {k: name for name, keys in layer_groups(model) for k in keys}
-
-
-def cross_dataset_cosines(sigs_a: Mapping[str, str | Path], sigs_b: Mapping[str, str | Path]
-                          ) -> dict[str, dict[str, dict[str, float]]]:
-    """Per layer (and '__all__'), cosine between every signature of dataset A and of dataset B, over
-    the weight keys both carry (heads differ across datasets and are never in a shallow signature)."""
-    import torch
-
-    a = {c: _weight_tensors(p) for c, p in sigs_a.items()}
-    b = {c: _weight_tensors(p) for c, p in sigs_b.items()}
-    keys = sorted(set.intersection(*[set(t) for t in [*a.values(), *b.values()]]))
-    owner = _key_layers(next(iter(sigs_a.values())))
-    rank = {k: i for i, k in enumerate(owner)}  # forward order of the network, not string order
-    keys.sort(key=lambda k: (rank.get(k, len(rank)), k))
-    layers: dict[str, list[str]] = {}
-    for k in keys:
-        layers.setdefault(owner.get(k, k.rsplit(".", 1)[0]), []).append(k)
-    layers["__all__"] = keys
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for layer, ks in layers.items():
-        out[layer] = {}
-        for ca, ta in a.items():
-            va = torch.cat([ta[k] for k in ks])
-            out[layer][ca] = {}
-            for cb, tb in b.items():
-                vb = torch.cat([tb[k] for k in ks])
-                den = float(va.norm() * vb.norm())
-                out[layer][ca][cb] = float(va @ vb) / den if den > 0 else float("nan")
-    return out
 
 
 def fig_cross_dataset(cos: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | Path,
@@ -208,47 +159,23 @@ def fig_composition(records: Sequence[Mapping[str, Any]], pair: Sequence[str], p
     return _save(fig, path)
 
 
-def first_block_activations(model: Any, x: Any) -> Any:
-    """Output of the first conv block (conv → BN → ReLU): the first ReLU's output."""
-    import torch
+def fig_feature_maps(maps_file: str | Path, path: str | Path) -> Path:
+    """Fig. 9 from rws.stages.rws_analysis's feature-maps file: first-block feature maps of std on the
+    clean image, std on the corrupted image, and the patched model on the corrupted image."""
+    from rws.utils.io import load_safetensors
 
-    relu = next(m for m in model.modules() if isinstance(m, torch.nn.ReLU))
-    acts: list[Any] = []
-    h = relu.register_forward_hook(lambda _m, _i, o: acts.append(o.detach()))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        h.remove()
-    return acts[0]
-
-
-def fig_feature_maps(std_export: str | Path, signature: str | Path, image: Any, corruption: str, path: str | Path,
-                     severity: int = 5, table: str = "cifar", n_channels: int = 8, seed: int = 0) -> Path:
-    """Fig. 9: first-block feature maps of std on the clean image, std on the corrupted image, and the
-    patched model on the corrupted image (the patch is taken off again afterwards)."""
-    import torch
-
-    from rws.corruptions import corrupt
-    from rws.weights.export import load_export
-    from rws.weights.patching import Patcher
-
-    model = load_export(std_export).build().eval()
-    x = image[None] if image.dim() == 3 else image[:1]
-    xc = corrupt(x, corruption, severity, table=table, generator=torch.Generator().manual_seed(seed))
-    a_clean = first_block_activations(model, x)[0]
-    a_std = first_block_activations(model, xc)[0]
-    with Patcher(model, [(signature, 1.0)]):
-        a_patch = first_block_activations(model, xc)[0]
-    ch = torch.argsort(a_clean.flatten(1).var(1), descending=True)[:n_channels].tolist()
-    short = corruption.replace("_", " ")
-    rows = [("clean\nstd", x[0], a_clean), (f"{short} {severity}\nstd", xc[0], a_std),
-            (f"{short} {severity}\nstd + RWS", xc[0], a_patch)]
-    fig, axes = plt.subplots(len(rows), n_channels + 1, figsize=(1.3 * (n_channels + 1), 1.5 * len(rows)))
+    t, meta = load_safetensors(maps_file)
+    a_clean = t["act_clean"]
+    channels = t["channels"].tolist()
+    short = meta["corruption"].replace("_", " ")
+    sev = meta["severity"]
+    rows = [("clean\nstd", t["image"], a_clean), (f"{short} {sev}\nstd", t["corrupted"], t["act_std"]),
+            (f"{short} {sev}\nstd + RWS", t["corrupted"], t["act_patched"])]
+    fig, axes = plt.subplots(len(rows), len(channels) + 1, figsize=(1.3 * (len(channels) + 1), 1.5 * len(rows)))
     for i, (label, img, act) in enumerate(rows):
         axes[i][0].imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
         axes[i][0].set_ylabel(label, fontsize=7)
-        for j, c in enumerate(ch):
+        for j, c in enumerate(channels):
             vmax = float(max(a_clean[c].max(), 1e-6))  # one scale per channel: the clean activation's
             axes[i][j + 1].imshow(act[c].numpy(), cmap="magma", vmin=0, vmax=vmax)
             if i == 0:
@@ -256,31 +183,17 @@ def fig_feature_maps(std_export: str | Path, signature: str | Path, image: Any, 
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    sim = [float(torch.nn.functional.cosine_similarity(a.flatten(), a_clean.flatten(), dim=0)) for a in (a_std, a_patch)]
-    fig.suptitle(f"First conv block activations; cosine to clean: std {sim[0]:.3f}, patched {sim[1]:.3f}",
-                 fontsize=9)
+    fig.suptitle(f"First conv block activations; cosine to clean: std {float(meta['cosine_std']):.3f}, "
+                 f"patched {float(meta['cosine_patched']):.3f}", fontsize=9)
     return _save(fig, path)
 
 
-def _test_image(data_args: Sequence[str], index: int = 0) -> tuple[Any, str]:
-    """One test image (and the corruption table) from the data config the pipeline evaluated on."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    root = Path(__file__).resolve().parents[2]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("evaluate", overrides=list(data_args))
-    dm = instantiate(cfg.data)
-    dm.setup()
-    x, _ = next(iter(dm.test_dataloader()))
-    return x[index], dm.corruption_table
-
-
-def make_all(out: str | Path, plan: Mapping[str, Any], tables: Mapping[str, Any],
-             data_args: Sequence[str] | None = None) -> list[Path]:
-    """Every figure the files allow, into <out>/figures; skipped ones are listed in figures/NOTES.md."""
+def make_all(out: str | Path, plan: Mapping[str, Any], tables: Mapping[str, Any]) -> list[Path]:
+    """Every figure the result files allow, into <out>/figures; skipped ones are listed in figures/NOTES.md.
+    Reads sigs/full32/analysis.json (extract), figure_data/ (rws.stages.rws_analysis) and the tables."""
     out = Path(out)
     figs = out / "figures"
+    data = out / "figure_data"
     made: list[Path] = []
     notes: list[str] = []
     full = out / "sigs" / "full32" / "analysis.json"
@@ -291,32 +204,23 @@ def make_all(out: str | Path, plan: Mapping[str, Any], tables: Mapping[str, Any]
         made.append(fig_cosine_layers(analysis, figs / "fig3_cosine_layers.png"))
     else:
         notes.append(f"fig2/fig3: {full} missing")
-    tiny_dir = out / "tiny" / "sigs" / "shallow32"
-    cifar_dir = out / "sigs" / "shallow32"
-    tiny_sigs = {p.stem: p for p in sorted(tiny_dir.glob("*.safetensors"))} if tiny_dir.exists() else {}
-    cifar_sigs = {p.stem: p for p in sorted(cifar_dir.glob("*.safetensors"))} if cifar_dir.exists() else {}
-    if tiny_sigs and cifar_sigs:
-        cos = cross_dataset_cosines(cifar_sigs, tiny_sigs)
-        (figs / "fig5_cross_dataset.json").parent.mkdir(parents=True, exist_ok=True)
-        (figs / "fig5_cross_dataset.json").write_text(json.dumps(cos, indent=1))
-        made.append(fig_cross_dataset(cos, figs / "fig5_cross_dataset.png"))
+    cross = data / "fig5_cross_dataset.json"
+    if cross.exists():
+        made.append(fig_cross_dataset(json.loads(cross.read_text()), figs / "fig5_cross_dataset.png"))
     else:
-        notes.append("fig5: needs signatures of two datasets (CIFAR-10 sigs/shallow32 and tiny/sigs/shallow32); "
-                     "skipped")
+        notes.append(f"fig5: {cross} missing (it needs signatures of two datasets: "
+                     "python -m rws.stages.rws_analysis cross-cosines); skipped")
     if tables.get("alpha_sweep"):
         made.append(fig_alpha_sweep(tables["alpha_sweep"], figs / "fig7_alpha_sweep.png"))
     pair = (tables.get("composition") or {}).get("pair") or {}
     if pair:
         key = sorted(pair)[-1]
         made.append(fig_composition(pair[key], plan["pair"], figs / "fig8_composition.png"))
-    c = plan["corruptions"][0]
-    std_export = out / "std" / "export"
-    sig = cifar_dir / f"{c}.safetensors"
-    if std_export.exists() and sig.exists() and data_args is not None:
-        img, table = _test_image(data_args)
-        made.append(fig_feature_maps(std_export, sig, img, c, figs / "fig9_feature_maps.png", table=table))
+    maps = data / "fig9_feature_maps.safetensors"
+    if maps.exists():
+        made.append(fig_feature_maps(maps, figs / "fig9_feature_maps.png"))
     else:
-        notes.append("fig9: std export, signature or data missing")
+        notes.append(f"fig9: {maps} missing (python -m rws.stages.rws_analysis feature-maps); skipped")
     if notes:
         (figs / "NOTES.md").parent.mkdir(parents=True, exist_ok=True)
         (figs / "NOTES.md").write_text("\n".join(f"- {n}" for n in notes) + "\n")
@@ -339,3 +243,16 @@ def log_wandb(paths: Sequence[Path], tables: Mapping[str, Any], out: str | Path,
             run.log({"table1": wandb.Table(columns=cols, data=[[r.get(k) for k in cols] for r in t1])})
     finally:
         wandb.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="RWS figures from a pipeline's result files (rws.pipelines.rws_cpu --out)")
+    p.add_argument("out", help="the pipeline's output directory (tables.json, sigs/, figure_data/)")
+    a = p.parse_args(argv)
+    data = json.loads((Path(a.out) / "tables.json").read_text())
+    for path in make_all(a.out, data["plan"], data["tables"]):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

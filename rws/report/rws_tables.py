@@ -1,16 +1,17 @@
 """Robust Weight Signatures tables (paper Table 1, 3, 4, Fig. 7/8 as numbers) from long-format rows.
 
-Every evaluated model has a canonical *name* that encodes its recipe, so a table is a lookup:
+A table is a query over the fields of each row's model spec (the ``spec`` column, canonical JSON):
 
-    std                                   an export (run directory relative to the pipeline's --out)
-    robust/fog                            the dedicated robust model for fog
-    std+shallow32:fog@1                   std patched with the shallow 32-bit fog signature at α=1
-    std+shallow32:gaussian_noise@1+shallow32:fog@0.5      a composition
-    std+shallow32:fog@1|bn=std            same patch, other BN policy (robust is the default)
-    tiny/std+shallow32:fog@1              a CIFAR-10 signature on the Tiny-ImageNet model
+    {kind: export, path: <root>/std/export}                            Recipe("std")
+    {kind: patch, base: {kind: export, path: <root>/std/export},
+     signatures: [{path: <root>/sigs/shallow32/fog.safetensors, alpha: 1}],
+     bn_policy: robust}                                                Recipe("std", (("shallow32", "fog", 1.0),), "robust")
 
-``patch_name`` builds these names; the driver (rws.pipelines.rws_cpu) gives every spec the name
-of its recipe, so the same recipe never appears under two names.
+``parse_recipe`` reads a spec into a :class:`Recipe`: the base is the export's run directory
+relative to the pipeline's output directory (``root``: std, robust/fog, tiny/std), a signature's set
+is its file's directory under ``sigs/`` (``sigs/shallow32`` -> shallow32, ``tiny/sigs/shallow32`` ->
+tiny/shallow32) and its corruption the file stem. α=0 signatures are dropped (no-ops), and a patch
+with none left is its base. The ``model`` column (a display name) is never read.
 
 Oracle rows (the paper's Table 1 protocol): "All Models" uses the dedicated robust model on its own
 corruption and the standard model on clean data; an RWS row patches the right signature for each
@@ -22,10 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from rws.evaluation.results import read_results
+from rws.evaluation.results import read_many
 from rws.utils.io import write_json, write_text
 
 Record = dict[str, Any]
@@ -40,47 +43,132 @@ RWS_ROWS = (("Standard + RWS_full", "full32", "robust"),
             ("Standard + RWS_shallow, BN recalibrated", "shallow32", "recalibrate"))
 
 
-def _fmt_alpha(a: float) -> str:
-    return f"{float(a):g}"
+def _alpha(a: float) -> float:
+    # α compared at 6 significant digits: the plan writes 1/n as round(1/n, 6).
+    return float(f"{float(a):g}")
 
 
-def patch_name(base: str, sigs: Sequence[SigRef], bn: str = "robust") -> str:
-    """Canonical model name of ``base`` patched with ``sigs``; α=0 entries are dropped (they are
-    no-ops), and with nothing left the name is the base itself."""
-    parts = [f"{label}:{c}@{_fmt_alpha(a)}" for label, c, a in sigs if float(a) != 0.0]
-    if not parts:
-        return base
-    name = "+".join([base, *parts])
-    return name if bn == "robust" else f"{name}|bn={bn}"
+@dataclass(frozen=True)
+class Recipe:
+    """What a row's model is, in the fields the RWS tables select on. The calibration source of a
+    recalibrated patch is not part of it: one row per (base, signatures, BN policy)."""
+    base: str                              # the (base) export's run directory relative to the root
+    signatures: tuple[SigRef, ...] = ()    # in spec order, α ≠ 0
+    bn_policy: str | None = None           # None: an unpatched export (or the signatures' stored policy)
+    bn_mix: str = "affine"
+
+
+def export(base: str) -> Recipe:
+    return Recipe(base)
+
+
+def patch(base: str, sigs: Sequence[SigRef], bn: str = "robust", bn_mix: str = "affine") -> Recipe:
+    """``base`` patched with ``sigs``; α=0 entries are dropped, and with none left it is ``base``."""
+    kept = tuple((label, c, _alpha(a)) for label, c, a in sigs if float(a) != 0.0)
+    return Recipe(base, kept, bn, bn_mix) if kept else Recipe(base)
+
+
+def _relative(path: str, root: Path) -> Path:
+    p = Path(path)
+    try:
+        return p.relative_to(root)
+    except ValueError:  # outside the root: keep it whole
+        return p
+
+
+def _run_dir(export_path: str, root: Path) -> str:
+    rel = _relative(export_path, root)
+    return (rel.parent if rel.name == "export" else rel).as_posix()
+
+
+def _sig_ref(sig: Mapping[str, Any], root: Path) -> SigRef:
+    rel = _relative(str(sig["path"]), root)
+    sigset = "/".join(part for part in rel.parent.parts if part != "sigs")
+    return sigset, rel.stem, float(sig.get("alpha", 1.0))
+
+
+def parse_recipe(spec: str | Mapping[str, Any], root: str | Path) -> Recipe | None:
+    """The Recipe of a spec (JSON text or dict); None for specs the RWS tables do not query (soups,
+    patches of something other than an export)."""
+    sp = json.loads(spec) if isinstance(spec, str) else dict(spec)
+    root = Path(root)
+    if sp.get("kind") == "export":
+        return Recipe(_run_dir(sp["path"], root))
+    if sp.get("kind") == "patch" and (sp.get("base") or {}).get("kind") == "export":
+        sigs = [_sig_ref(x, root) for x in sp.get("signatures") or []]
+        return patch(_run_dir(sp["base"]["path"], root), sigs, sp.get("bn_policy"), sp.get("bn_mix", "affine"))
+    return None
+
+
+def _spec_paths(sp: Any) -> Iterable[str]:
+    if isinstance(sp, Mapping):
+        for k, v in sp.items():
+            if k == "path" and isinstance(v, str):
+                yield v
+            else:
+                yield from _spec_paths(v)
+    elif isinstance(sp, list):
+        for v in sp:
+            yield from _spec_paths(v)
+
+
+def infer_root(rows: Iterable[Mapping[str, Any]]) -> Path:
+    """The deepest directory holding every file the rows' specs name (the pipeline's output
+    directory when the rows cover several of its runs); pass ``root`` explicitly otherwise."""
+    paths = {p for r in rows for p in _spec_paths(json.loads(_spec_of(r)))}
+    if not paths:
+        raise ValueError("no result row names a file in its spec: cannot infer the root directory; pass root")
+    return Path(os.path.commonpath(sorted(paths)))
+
+
+def _spec_of(r: Mapping[str, Any]) -> str:
+    if not r.get("spec"):
+        raise ValueError(f"result row without a 'spec' (the model spec JSON the tables select on): {dict(r)}")
+    return str(r["spec"])
 
 
 class Results:
-    """Accuracy lookups over long-format rows: ``acc(model, condition, level)`` (mean of duplicates)."""
+    """Accuracy lookups over long-format rows: ``acc(recipe, condition, level)`` (mean of duplicates).
+    ``root``: the directory spec paths are relative to (default: :func:`infer_root`)."""
 
-    def __init__(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        cells: dict[tuple[str, str, str], list[float]] = {}
+    def __init__(self, rows: Iterable[Mapping[str, Any]], root: str | Path | None = None) -> None:
+        rows = list(rows)
+        root = Path(root) if root is not None else infer_root(rows)
+        parsed: dict[str, Recipe | None] = {}
+        cells: dict[tuple[Recipe, str, str], list[float]] = {}
         for r in rows:
             if r.get("metric", "acc") != "acc" or r.get("suite") == "adversarial":
                 continue
-            key = (str(r["model"]), str(r["condition"]), "" if r.get("level") in (None, "") else str(int(r["level"])))
+            spec = _spec_of(r)
+            if spec not in parsed:
+                parsed[spec] = parse_recipe(spec, root)
+            recipe = parsed[spec]
+            if recipe is None:
+                continue
+            key = (recipe, str(r["condition"]), "" if r.get("level") in (None, "") else str(int(r["level"])))
             cells.setdefault(key, []).append(float(r["value"]))
+        self.root = root
         self.cells = {k: sum(v) / len(v) for k, v in cells.items()}
-        self.models = sorted({k[0] for k in self.cells})
+        self.recipes = {k[0] for k in self.cells}
 
-    def acc(self, model: str, condition: str = "clean", level: int | str | None = None) -> float | None:
+    def acc(self, recipe: Recipe, condition: str = "clean", level: int | str | None = None) -> float | None:
         lv = "" if level in (None, "") else str(int(level))
-        return self.cells.get((model, condition, lv))
+        return self.cells.get((recipe, condition, lv))
 
-    def mean(self, pairs: Iterable[tuple[str, str, int]]) -> float | None:
-        """Mean accuracy over (model, corruption, severity) cells; None if any is missing, so a
+    def has(self, recipe: Recipe) -> bool:
+        """Whether any cell of ``recipe`` was measured."""
+        return recipe in self.recipes
+
+    def mean(self, cells: Iterable[tuple[Recipe, str, int]]) -> float | None:
+        """Mean accuracy over (recipe, corruption, severity) cells; None if any is missing, so a
         partially evaluated row is never passed off as a full mean."""
-        vals = [self.acc(m, c, s) for m, c, s in pairs]
+        vals = [self.acc(m, c, s) for m, c, s in cells]
         if not vals or any(v is None for v in vals):
             return None
         return sum(vals) / len(vals)  # type: ignore[arg-type]
 
 
-def _ra(res: Results, model_for: Mapping[str, str], corruptions: Sequence[str], severity: int) -> float | None:
+def _ra(res: Results, model_for: Mapping[str, Recipe], corruptions: Sequence[str], severity: int) -> float | None:
     return res.mean((model_for[c], c, severity) for c in corruptions)
 
 
@@ -91,13 +179,14 @@ def table1(res: Results, corruptions: Sequence[str], severities: Sequence[int] =
     ``storage`` maps a row label to {"mb_files": ..., "mb_formula": ...} (computed by the caller from
     the saved files); rows without an entry show no size."""
     storage = storage or {}
-    rows: list[tuple[str, float | None, dict[str, str]]] = [
-        ("Standard", res.acc(base), {c: base for c in corruptions}),
-        ("Data Augmentation", res.acc("augmented"), {c: "augmented" for c in corruptions}),
-        ("All Models (oracle)", res.acc(base), {c: f"robust/{c}" for c in corruptions}),
+    std = export(base)
+    rows: list[tuple[str, float | None, dict[str, Recipe]]] = [
+        ("Standard", res.acc(std), {c: std for c in corruptions}),
+        ("Data Augmentation", res.acc(export("augmented")), {c: export("augmented") for c in corruptions}),
+        ("All Models (oracle)", res.acc(std), {c: export(f"robust/{c}") for c in corruptions}),
     ]
     for label, sigset, bn in RWS_ROWS:
-        rows.append((label, res.acc(base), {c: patch_name(base, [(sigset, c, 1.0)], bn) for c in corruptions}))
+        rows.append((label, res.acc(std), {c: patch(base, [(sigset, c, 1.0)], bn) for c in corruptions}))
     out: list[Record] = []
     for label, ta, model_for in rows:
         rec: Record = {"row": label, "TA": ta}
@@ -120,11 +209,11 @@ def _per_corruption(rec: Record, res: Results, model_of: Any, corruptions: Seque
 
 def table4(res: Results, corruptions: Sequence[str], severity: int = 5, base: str = "std") -> list[Record]:
     """Per-corruption accuracy (Table 4) at one severity; the RWS rows patch the matching signature."""
-    spec = [("Standard", lambda c: base), ("Data Augmentation", lambda c: "augmented"),
-            ("All Models (oracle)", lambda c: f"robust/{c}")]
-    spec += [(label, (lambda c, s=sigset, b=bn: patch_name(base, [(s, c, 1.0)], b))) for label, sigset, bn in RWS_ROWS]
+    rows = [("Standard", lambda c: export(base)), ("Data Augmentation", lambda c: export("augmented")),
+            ("All Models (oracle)", lambda c: export(f"robust/{c}"))]
+    rows += [(label, (lambda c, s=sigset, b=bn: patch(base, [(s, c, 1.0)], b))) for label, sigset, bn in RWS_ROWS]
     out = []
-    for label, model_of in spec:
+    for label, model_of in rows:
         rec: Record = {"row": label}
         out.append(_per_corruption(rec, res, model_of, corruptions, severity))
     return out
@@ -137,7 +226,7 @@ def alpha_table(res: Results, corruptions: Sequence[str], alphas: Sequence[float
     out = []
     for c in corruptions:
         for a in [0.0, *[a for a in alphas if float(a) != 0.0]]:
-            m = patch_name(base, [(sigset, c, a)])
+            m = patch(base, [(sigset, c, a)])
             rec: Record = {"corruption": c, "alpha": float(a), "clean": res.acc(m)}
             for s in severities:
                 rec[f"sev{s}"] = res.acc(m, c, s)
@@ -152,7 +241,7 @@ def pair_grid(res: Results, pair: tuple[str, str], alphas: Sequence[float], seve
     out = []
     for a1 in alphas:
         for a2 in alphas:
-            m = patch_name(base, [(sigset, c1, a1), (sigset, c2, a2)])
+            m = patch(base, [(sigset, c1, a1), (sigset, c2, a2)])
             rec: Record = {"alpha_" + c1: float(a1), "alpha_" + c2: float(a2),
                            c1: res.acc(m, c1, severity), c2: res.acc(m, c2, severity), "clean": res.acc(m)}
             both = [rec[c1], rec[c2]]
@@ -166,13 +255,14 @@ def composition_table(res: Results, compositions: Mapping[str, Sequence[SigRef]]
     """Multi-signature patches (one row each, named by the caller) on every corruption, plus the
     standard model and the single right signature (oracle) for reference."""
     # (label, model per corruption, model measured on clean data)
-    refs: list[tuple[str, Any, str]] = [
-        ("Standard (no patch)", lambda c: base, base),
-        ("single right signature (oracle)", lambda c: patch_name(base, [("shallow32", c, 1.0)]), base)]
+    std = export(base)
+    refs: list[tuple[str, Any, Recipe]] = [
+        ("Standard (no patch)", lambda c: std, std),
+        ("single right signature (oracle)", lambda c: patch(base, [("shallow32", c, 1.0)]), std)]
     for label, sigs in compositions.items():
         for bn in ("robust", "recalibrate"):
-            m = patch_name(base, sigs, bn)
-            if bn == "robust" or any(k[0] == m for k in res.cells):  # recalibrated rows only when measured
+            m = patch(base, sigs, bn)
+            if bn == "robust" or res.has(m):  # recalibrated rows only when measured
                 refs.append((label if bn == "robust" else f"{label}, BN recalibrated", (lambda c, m=m: m), m))
     out = []
     for label, model_of, clean_model in refs:
@@ -188,10 +278,10 @@ def transfer_table(res: Results, target_base: str, sigset: str, corruptions: Seq
     out = []
     for c in corruptions:
         for s in severities:
-            before = res.acc(target_base, c, s)
+            before = res.acc(export(target_base), c, s)
             rec: Record = {"corruption": c, "severity": s, "unpatched": before}
             for bn in bns:
-                after = res.acc(patch_name(target_base, [(sigset, c, 1.0)], bn), c, s)
+                after = res.acc(patch(target_base, [(sigset, c, 1.0)], bn), c, s)
                 rec[f"patched(bn={bn})"] = after
                 rec[f"gain(bn={bn})"] = None if after is None or before is None else after - before
             out.append(rec)
@@ -223,9 +313,11 @@ def to_markdown(records: Sequence[Record], scale_keys: Iterable[str] | None = No
     return "\n".join(lines) + "\n"
 
 
-def build_all(rows: Iterable[Mapping[str, Any]], plan: Mapping[str, Any]) -> dict[str, Any]:
-    """Every table from the rows and the pipeline's plan (corruptions, alphas, pairs, storage, ...)."""
-    res = Results(rows)
+def build_all(rows: Iterable[Mapping[str, Any]], plan: Mapping[str, Any],
+              root: str | Path | None = None) -> dict[str, Any]:
+    """Every table from the rows and the pipeline's plan (corruptions, alphas, pairs, storage, ...);
+    ``root``: the pipeline's output directory the specs' paths are under (default: inferred)."""
+    res = Results(rows, root)
     cs = list(plan["corruptions"])
     sev = list(plan.get("severities", (3, 5)))
     tables: dict[str, Any] = {
@@ -250,8 +342,8 @@ def build_all(rows: Iterable[Mapping[str, Any]], plan: Mapping[str, Any]) -> dic
         tr["tiny_to_cifar"] = transfer_table(res, "std", t["tiny_sigset"], t["tiny_corruptions"], sev)
         tr["tiny_in_domain"] = transfer_table(res, t["tiny_base"], t["tiny_sigset"], t["tiny_corruptions"], sev,
                                               bns=("robust",))
-        tr["tiny_reference"] = [{"model": m, "clean": res.acc(m),
-                                 **{f"{c}@{s}": res.acc(m, c, s) for c in t["tiny_corruptions"] for s in sev}}
+        tr["tiny_reference"] = [{"model": m, "clean": res.acc(export(m)),
+                                 **{f"{c}@{s}": res.acc(export(m), c, s) for c in t["tiny_corruptions"] for s in sev}}
                                 for m in (t["tiny_base"], *t.get("tiny_robust", []))]
     tables["transfer"] = tr
     return tables
@@ -293,24 +385,35 @@ def render(tables: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, str]
     return docs
 
 
-def write_all(rows: Iterable[Mapping[str, Any]], plan: Mapping[str, Any], out: str | Path) -> dict[str, Any]:
+def write_all(rows: Iterable[Mapping[str, Any]], plan: Mapping[str, Any], out: str | Path,
+              root: str | Path | None = None) -> dict[str, Any]:
     """Write <out>/{table1,table4,alpha_sweep,composition,transfer}.md and tables.json."""
     out = Path(out)
-    tables = build_all(rows, plan)
+    tables = build_all(rows, plan, root)
     for name, text in render(tables, plan).items():
         write_text(out / f"{name}.md", text)
     write_json(out / "tables.json", {"plan": dict(plan), "tables": tables})
     return tables
 
 
+def load_plan(path: str | Path) -> dict[str, Any]:
+    """A plan from plan.json (rws.pipelines.rws_cpu) or from an earlier tables.json (its "plan", which
+    also holds the storage column)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or "corruptions" not in data.get("plan", data):
+        raise ValueError(f"{path}: expected a plan.json (with 'corruptions') or a tables.json (with 'plan')")
+    return data["plan"] if "plan" in data and "tables" in data else data
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="RWS tables from a results dir and the pipeline's plan.json")
-    p.add_argument("results", help="results.jsonl or its directory")
-    p.add_argument("--plan", required=True, help="plan.json written by rws.pipelines.rws_cpu")
-    p.add_argument("--out", required=True)
+    p = argparse.ArgumentParser(description="RWS tables from result files and the pipeline's plan.json")
+    p.add_argument("results", nargs="+", help="results.jsonl files or their directories (e.g. <out>/eval*)")
+    p.add_argument("--plan", required=True, help="plan.json written by rws.pipelines.rws_cpu, or a tables.json")
+    p.add_argument("--out", required=True, help="directory for the .md tables and tables.json")
+    p.add_argument("--root", default=None,
+                   help="the pipeline's --out that the specs' paths are under (default: their common directory)")
     a = p.parse_args(argv)
-    plan = json.loads(Path(a.plan).read_text())
-    tables = write_all(read_results(a.results), plan, a.out)
+    tables = write_all(read_many(a.results), load_plan(a.plan), a.out, a.root)
     print(to_markdown(tables["table1"]))
 
 

@@ -1,0 +1,223 @@
+"""The pipeline runner (done markers, needs, parallel streams, locks shared by two drivers) and the
+pipelines' plans, checked without running them: every step's overrides compose with the config of
+the CLI it calls, the evaluation steps read the right specs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rws.config import compose
+from rws.pipelines import quickstart, rws_cpu, rws_transfer, soups_cpu
+from rws.pipelines.runner import Step, check_plan, claim, lock_file, run, select
+
+
+def _py(code: str) -> tuple[str, ...]:
+    return ("-c", code)
+
+
+def _touch(path: Path) -> tuple[str, ...]:
+    return _py(f"import pathlib; pathlib.Path({str(path)!r}).touch()")
+
+
+# -- runner ---------------------------------------------------------------------------------------
+
+def test_run_skips_done_steps_writes_files_and_marks_done(tmp_path: Path, capsys) -> None:
+    done_a = tmp_path / "a.done"
+    done_a.touch()
+    spec = tmp_path / "specs" / "000.yaml"
+    steps = [Step("a", "step a", _py("raise SystemExit(3)"), done=done_a),  # done: never runs
+             Step("b", "step b", _py(f"import pathlib; assert pathlib.Path({str(spec)!r}).read_text() == 'k: 1\\n'"),
+                  done=tmp_path / ".done" / "b", mark_done=True, needs=("a",), files={spec: "k: 1\n"})]
+    timings = run(steps)
+    assert set(timings) == {"b"}
+    assert (tmp_path / ".done" / "b").exists()
+    again = run(steps)  # resumed: nothing left to run
+    assert again == {}
+    out = capsys.readouterr().out
+    assert out.count("[skip] step a") == 2 and out.count("[run ] step b") == 1
+
+
+def test_run_orders_by_needs_and_runs_independent_steps_in_parallel(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    # Each waits for the other's file: only finishes when both run at the same time.
+    wait_for = "import pathlib, time\nfor _ in range(300):\n    if pathlib.Path({p!r}).exists(): break\n" \
+               "    time.sleep(0.05)\nelse: raise SystemExit('the other step never ran')\n"
+    steps = [Step("a", "a", _py(f"import pathlib; pathlib.Path({str(a)!r}).touch()\n" + wait_for.format(p=str(b)))),
+             Step("b", "b", _py(f"import pathlib; pathlib.Path({str(b)!r}).touch()\n" + wait_for.format(p=str(a)))),
+             # needs both: must see both files when it starts
+             Step("c", "c", _py(f"import pathlib; assert pathlib.Path({str(a)!r}).exists() and "
+                                f"pathlib.Path({str(b)!r}).exists(); pathlib.Path({str(tmp_path / 'c')!r}).touch()"),
+                  needs=("a", "b"), log=tmp_path / "c.log")]
+    assert set(run(steps, jobs=2)) == {"a", "b", "c"}
+    assert (tmp_path / "c").exists() and (tmp_path / "c.log").exists()
+
+
+def test_run_failure_stops_dependents_and_names_the_step(tmp_path: Path) -> None:
+    steps = [Step("bad", "the failing step", _py("raise SystemExit(7)")),
+             Step("after", "after", _touch(tmp_path / "after"), needs=("bad",))]
+    with pytest.raises(SystemExit, match="the failing step.*exit code 7"):
+        run(steps)
+    assert not (tmp_path / "after").exists()
+
+
+def test_plan_checks() -> None:
+    with pytest.raises(ValueError, match="named 'a'"):
+        check_plan([Step("a", "a", ()), Step("a", "a", ())])
+    with pytest.raises(ValueError, match="needs \\['b'\\]"):
+        check_plan([Step("a", "a", (), needs=("b",)), Step("b", "b", ())])
+    steps = [Step("t", "t", (), tag="train"), Step("e", "e", (), needs=("t",), tag="eval")]
+    kept = select(steps, {"eval"})
+    assert [s.name for s in kept] == ["e"] and kept[0].needs == ()
+
+
+def test_lock_held_by_a_live_driver_is_waited_for_not_run(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "std"
+    lock = lock_file(run_dir)
+    assert lock == tmp_path / ".std.lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the "other driver"
+    try:
+        lock.write_text(str(other.pid))
+        assert not claim(lock)
+        done = run_dir / "export" / "metrics.json"
+        ran = tmp_path / "ran_here"
+
+        def other_driver_finishes() -> None:
+            time.sleep(0.5)
+            done.parent.mkdir(parents=True)
+            done.touch()
+
+        threading.Thread(target=other_driver_finishes).start()
+        steps = [Step("std", "train std", _touch(ran), done=done, lock=lock),
+                 Step("next", "next step", _touch(tmp_path / "next"), needs=("std",))]
+        run(steps, poll_s=0.1)
+        assert not ran.exists() and (tmp_path / "next").exists()
+        assert "[busy] train std" in capsys.readouterr().out
+    finally:
+        other.kill()
+        other.wait()
+    # the holder is dead now: its lock is stale and this driver takes the step over
+    assert claim(lock) and lock.read_text() == str(os.getpid())
+    lock.unlink()
+
+
+# -- plans ----------------------------------------------------------------------------------------
+
+def _compose_all(steps: list[Step]) -> int:
+    n = 0
+    for st in steps:
+        app = st.hydra_app()
+        if app is not None:
+            compose(*app)
+            n += 1
+    return n
+
+
+def test_compose_rejects_a_bad_override() -> None:
+    """What the plan tests rely on: a mistyped override fails to compose."""
+    with pytest.raises(Exception):
+        compose("train", ["experiment=rws/cpu", "trainer.max_epochz=1"])
+
+
+def test_rws_cpu_smoke_plan(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    s = rws_cpu.Settings.smoke()
+    steps = rws_cpu.plan(s, out)
+    assert not out.exists()  # planning writes nothing
+    check_plan(steps)
+    by_tag = {t: [st for st in steps if st.tag == t] for t in rws_cpu.STAGES}
+    cs = s.corruptions
+    assert [st.name for st in by_tag["train"]] == ["init", "std", *[f"robust/{c}" for c in cs], "augmented"]
+    assert [st.name for st in by_tag["tiny"]] == ["tiny/init", "tiny/std", "tiny/robust/gaussian_noise"]
+    assert all(st.lock is not None and st.done.name == "metrics.json" for st in by_tag["train"] + by_tag["tiny"])
+    assert [st.name for st in by_tag["extract"]] == ["sigs/shallow32", "sigs/shallow16", "sigs/shallow8",
+                                                     "sigs/full32", "tiny/sigs/shallow32"]
+    full = next(st for st in by_tag["extract"] if st.name == "sigs/full32")
+    assert "layers.k=13" in full.argv  # every layer of the width-1/4 VGG-16-BN but the head
+    assert all(st.done is not None for st in steps)  # every step resumable
+    assert _compose_all(steps) == len(steps) - 2  # all but the two figure-data steps are Hydra apps
+    for st in (x for x in steps if x.argv[1] == "rws.stages.rws_analysis"):
+        from rws.stages.rws_analysis import build_parser
+
+        build_parser().parse_args(list(st.argv[2:]))
+
+    evals = {st.name: st for st in by_tag["eval"]}
+    assert {n.split("/")[0] for n in evals} == {"eval", "eval_tiny", "eval_reverse", "eval_recal"}
+    for c in cs:
+        st = evals[f"eval/corr_{c}"]
+        specs = [yaml.safe_load(text) for text in st.files.values()]
+        assert len(specs) == 3 + 5 + len(s.alphas) - 1  # std, augmented, robust/c, 5 variants, α sweep (α=1 shared)
+        for sp in specs:
+            for sig in sp.get("signatures", []):
+                assert Path(sig["path"]).stem == c  # oracle: only this corruption's signatures
+        assert "sigs/full32" in st.needs and "sigs/shallow8" in st.needs and f"robust/{c}" in st.needs
+        assert f"suites=[{{name: corruptions, corruptions: [{c}], severities: [3,5]}}]" in st.argv
+    tiny = evals["eval_tiny/tiny_clean"]
+    assert "tiny/sigs/shallow32" in tiny.needs and "sigs/shallow32" in tiny.needs and "data=tiny_imagenet" in tiny.argv
+
+
+def test_rws_cpu_recalibrated_rows_are_plain_patch_specs(tmp_path: Path) -> None:
+    from rws.specs import validate
+
+    s = rws_cpu.Settings.smoke()
+    steps = {st.name: st for st in rws_cpu.plan(s, tmp_path)}
+    single = [yaml.safe_load(t) for t in steps["eval_recal/recal_corr_fog"].files.values()]
+    assert len(single) == 1
+    assert single[0]["bn_policy"] == "recalibrate" and single[0]["name"] == "std+shallow32:fog@1|bn=recalibrate"
+    assert single[0]["calibration"] == {"corruption": "fog", "severity": 5, "batches": s.calib_batches,
+                                        "seed": 1234, "split": "train"}
+    comps = [yaml.safe_load(t) for t in steps["eval_recal/recal_compositions"].files.values()]
+    # 3 compositions in the plan, two of them the same recipe for 2 corruptions: measured once
+    assert [len(c["signatures"]) for c in comps] == [2, 2]
+    assert all(c["calibration"]["corruptions"] == s.corruptions for c in comps)
+    for sp in single + comps:
+        validate(sp)
+    # evaluated on the training steps' data (the calibration batches come from that datamodule)
+    assert "data.subset_per_class=20" in steps["eval_recal/recal_corr_fog"].argv
+
+
+def test_rws_cpu_plan_without_transfer_and_stage_selection(tmp_path: Path) -> None:
+    s = rws_cpu.Settings.smoke()
+    s.transfer = False
+    steps = rws_cpu.plan(s, tmp_path)
+    assert not any(st.name.startswith(("tiny", "eval_tiny", "eval_reverse", "figure_data/cross")) for st in steps)
+    only_eval = select(steps, {"eval", "report"})
+    assert all(st.tag in ("eval", "report") for st in only_eval)
+    check_plan(only_eval)
+
+
+def test_rws_cpu_groups_are_oracle_and_unique(tmp_path: Path) -> None:
+    """Full-size settings: every corruption group evaluates only its own signatures, no recipe twice."""
+    s = rws_cpu.Settings()
+    info = rws_cpu.plan_info(s)
+    groups = {name: (specs, suites) for name, specs, suites in rws_cpu.eval_groups(tmp_path, s, info)}
+    for c in s.corruptions:
+        specs, suites = groups[f"corr_{c}"]
+        assert suites[0]["corruptions"] == [c] and suites[0]["severities"] == [3, 5]
+        assert all(Path(sig["path"]).stem == c for sp in specs for sig in sp.get("signatures", []))
+    names = [sp["name"] for sp in groups["clean"][0]]
+    assert len(names) == len(set(names))
+    assert len(info["compositions"]) == 4 and info["pair"] == ["gaussian_noise", "fog"]
+
+
+def test_other_pipeline_plans_compose(tmp_path: Path) -> None:
+    q = quickstart.plan(quickstart.Settings(), tmp_path / "q")
+    assert [st.name for st in q] == ["std", "augmented", "evaluate", "table"] and _compose_all(q) == 3
+    t = rws_transfer.plan(rws_transfer.Settings(cifar=tmp_path / "cifar"), tmp_path / "t")
+    assert _compose_all(t) == 5
+    assert {st.name for st in t if st.needs == ("init",)} == {"std", "robust_gaussian_noise"}  # run in parallel
+    ev = next(st for st in t if st.name == "evaluate")
+    assert len(ev.files) == 2 + 5 + 1  # std, robust, the 5 CIFAR-10 signatures, the Tiny one
+    sp = soups_cpu.plan(soups_cpu.Settings.smoke(), tmp_path / "s")
+    assert _compose_all(sp) == len(sp) == 7
+    finetunes = [st for st in sp if st.needs == ("linf",)]
+    assert [st.name for st in finetunes] == list(soups_cpu.FINETUNES) and all(st.log for st in finetunes)
+    assert next(st for st in sp if st.name == "grid4").needs == ("linf", *soups_cpu.FINETUNES)
+    assert not any(p.exists() for p in (tmp_path / "q", tmp_path / "t", tmp_path / "s"))
