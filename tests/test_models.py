@@ -25,7 +25,7 @@ SMALL_KW: dict[str, dict] = {
     "vgg16": {"width": 0.25}, "vgg16_bn": {"width": 0.25}, "resnet18_cifar": {"width": 0.25},
     "resnet50_cifar": {"width": 0.25}, "preact_resnet18": {"width": 0.25},
     "wrn28_10": {"depth": 10, "widen_factor": 1}, "small_cnn": {},
-    "resnet50": {}, "vit_tiny_patch4_32": {}, "vit_small_patch4_32": {"depth": 2},
+    "resnet50": {}, "vit_tiny_patch4_32": {}, "vit_small_patch4_32": {"depth": 2}, "vit_cpu_patch4_32": {},
 }
 
 

@@ -35,7 +35,7 @@ def _check_no_normalization(name: str, mean: Sequence[float], std: Sequence[floa
 
 def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_MEAN,
                  std: Sequence[float] = DEFAULT_STD, width: float = 1.0, pretrained: bool = False,
-                 drop_rate: float = 0.0, **kwargs: Any) -> Normalized:
+                 drop_rate: float = 0.0, adapter: str | None = None, **kwargs: Any) -> Normalized:
     """Build classifier ``name`` wrapped in :class:`Normalized` (input pixels in [0, 1]).
 
     ``name`` is one of ``rws.models.list_models()`` or ``<family>/<name>`` for a registered family
@@ -44,6 +44,10 @@ def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_ME
     ``timm/*``: timm keyword arguments; ``robustbench/*``: ``dataset``, ``threat_model``,
     ``model_dir``). Only ``timm/*`` and ``resnet50`` can load pretrained weights (which needs the
     internet or a filled timm/HF cache); ``robustbench/*`` always loads its published weights.
+
+    ``adapter`` (one of ``rws.models.adapters.ADAPTER_KINDS``) converts the built network into a
+    ``DualModeNetwork`` with the modes clean/robust (``model.net`` is then that wrapper and
+    ``model.net.net`` the architecture); None builds the plain model.
     """
     num_classes = int(num_classes)
     if num_classes < 1:
@@ -52,6 +56,11 @@ def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_ME
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
     drop_rate = float(drop_rate)
+
+    if adapter is not None:
+        from rws.models.adapters import check_adapter_kind
+
+        check_adapter_kind(adapter)  # before building anything
 
     entry, arch = lookup(name)
     if not entry.width:
@@ -70,4 +79,10 @@ def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_ME
         options["pretrained"] = bool(pretrained)
     net = entry.build(*args, num_classes, **options)
     setattr(net, MODEL_NAME_ATTR, name)
+    if adapter is not None:
+        from rws.models.adapters import apply_adapter
+
+        # The name tag stays on the architecture; layer_groups sees the wrapper as a module of unknown
+        # class and groups its keys with the generic fallback.
+        net = apply_adapter(net, adapter)
     return Normalized(net, mean=mean, std=std)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from rws.models._common import scaled
+from rws.models.gn_ws import check_norm, to_gn_ws
 from rws.models.layers import resnet_blocks
 from rws.models.registry import register_model
 
@@ -91,11 +92,20 @@ class ResNetCifar(nn.Module):
         return self.fc(self.dropout(self.pool(x).flatten(1)))
 
 
+def _build(name: str, block: type[BasicBlock] | type[Bottleneck], depths: tuple[int, ...], num_classes: int,
+           width: float, drop_rate: float, norm: str) -> ResNetCifar:
+    norm = check_norm(name, norm)
+    net = ResNetCifar(block, depths, num_classes, width=width, drop_rate=drop_rate)
+    return to_gn_ws(net) if norm == "gn_ws" else net
+
+
 @register_model("resnet18_cifar", layer_rule=resnet_blocks)
-def resnet18_cifar(num_classes: int, width: float = 1.0, drop_rate: float = 0.0) -> ResNetCifar:
-    return ResNetCifar(BasicBlock, (2, 2, 2, 2), num_classes, width=width, drop_rate=drop_rate)
+def resnet18_cifar(num_classes: int, width: float = 1.0, drop_rate: float = 0.0, norm: str = "bn") -> ResNetCifar:
+    """``norm``: ``bn`` (BatchNorm) or ``gn_ws`` (GroupNorm + weight-standardized convs, rws/models/gn_ws.py)."""
+    return _build("resnet18_cifar", BasicBlock, (2, 2, 2, 2), num_classes, width, drop_rate, norm)
 
 
 @register_model("resnet50_cifar", layer_rule=resnet_blocks)
-def resnet50_cifar(num_classes: int, width: float = 1.0, drop_rate: float = 0.0) -> ResNetCifar:
-    return ResNetCifar(Bottleneck, (3, 4, 6, 3), num_classes, width=width, drop_rate=drop_rate)
+def resnet50_cifar(num_classes: int, width: float = 1.0, drop_rate: float = 0.0, norm: str = "bn") -> ResNetCifar:
+    """``norm``: ``bn`` (BatchNorm) or ``gn_ws`` (GroupNorm + weight-standardized convs, rws/models/gn_ws.py)."""
+    return _build("resnet50_cifar", Bottleneck, (3, 4, 6, 3), num_classes, width, drop_rate, norm)
