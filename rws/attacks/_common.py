@@ -22,7 +22,13 @@ def per_sample_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> 
         z_other = torch.where(top_is_y, srt[:, -2], srt[:, -1])
         denom = srt[:, -1] - srt[:, -3] + 1e-12 if logits.shape[1] > 2 else srt[:, -1].abs() + 1e-12
         return -(z_y - z_other) / denom
-    raise ValueError(f"unknown attack loss {loss!r}; use 'ce' or 'dlr'")
+    if loss == "margin":
+        # Carlini-Wagner style margin: highest other logit minus the true logit (> 0 iff misclassified).
+        # Unbounded and not saturating like CE, the usual loss of PGD-with-Adam evaluations.
+        z_y = logits.gather(1, y[:, None]).squeeze(1)
+        other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+        return other - z_y
+    raise ValueError(f"unknown attack loss {loss!r}; use 'ce', 'dlr' or 'margin'")
 
 
 def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor,
@@ -42,6 +48,16 @@ def rand_like(x: torch.Tensor, generator: torch.Generator | None, kind: str = "u
     dev = generator.device if generator is not None else x.device
     fn = torch.rand if kind == "uniform" else torch.randn
     return fn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
+
+
+def random_other_class(y: torch.Tensor, num_classes: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A uniformly random class other than ``y`` per example (the random target of a targeted
+    attack): ``(y + U{1..K-1}) mod K`` can never be ``y``."""
+    if num_classes < 2:
+        raise ValueError(f"a targeted attack needs at least 2 classes, the model has {num_classes}")
+    dev = generator.device if generator is not None else y.device
+    offset = torch.randint(1, num_classes, y.shape, generator=generator, device=dev).to(y.device)
+    return (y + offset) % num_classes
 
 
 def lp_normalize(g: torch.Tensor, norm: str) -> torch.Tensor:

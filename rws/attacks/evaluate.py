@@ -1,5 +1,6 @@
 """Robust accuracy with APGD-CE + APGD-T (pyautoattack, the official AutoAttack code) and
-robustness in the union of threat models.
+robustness in the union of threat models. ``pgd-adam`` / ``pgd40-adam`` (rws.attacks.pgd_adam, the
+adapters paper's PGD-40 with Adam) can be added to, or replace, the APGD attacks.
 
 As in the model-soups paper, the default is 40 iterations per attack (AutoAttack's standard is 100);
 for l1 the attacks use AutoAttack's l1 setting (``use_largereps``: start at 3 eps and shrink to eps),
@@ -10,6 +11,7 @@ threat model, so a perturbation outside the set can never count as a success.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any, Iterable, Sequence
 
@@ -21,10 +23,38 @@ from rws.attacks.threat import ThreatModel
 from rws.weights.functional_soup import predict
 
 EVAL_ATTACKS = ("apgd-ce", "apgd-t")
+APGD_ATTACKS = ("apgd-ce", "apgd-t", "apgd-dlr")
+# PGD with Adam (rws.attacks.pgd_adam): "pgd-adam" runs n_iter steps, "pgd<k>-adam" (e.g. the
+# paper's "pgd40-adam") runs k steps whatever n_iter is.
+_PGD_ADAM = re.compile(r"^pgd(\d*)-adam$")
+
+
+def check_eval_attack(name: str) -> str:
+    """``name`` if it is an evaluation attack (apgd-ce, apgd-t, apgd-dlr, pgd-adam, pgd<k>-adam),
+    else a ValueError listing them."""
+    if name in APGD_ATTACKS or _PGD_ADAM.match(name):
+        return name
+    raise ValueError(f"unknown evaluation attack {name!r}; expected apgd-ce, apgd-t, apgd-dlr, "
+                     f"pgd-adam or pgd<steps>-adam (e.g. pgd40-adam)")
+
+
+def _run_pgd_adam(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                  n_iter: int, seed: int) -> torch.Tensor | None:
+    from rws.attacks.pgd_adam import PGDAdam
+
+    if threat.norm == "l1":
+        warnings.warn(f"{name} is a linf/l2 attack; skipped for the l1 threat")
+        return None
+    steps = int(_PGD_ADAM.match(name).group(1) or n_iter)
+    # Its own generator, seeded like APGD's seed: the random start repeats per seed and batch.
+    gen = torch.Generator().manual_seed(int(seed))
+    return PGDAdam(threat, steps=steps, generator=gen, model_mode="eval")(model, x, y)
 
 
 def _run_apgd(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
               n_iter: int, seed: int, n_restarts: int, num_classes: int) -> torch.Tensor | None:
+    if _PGD_ADAM.match(name):
+        return _run_pgd_adam(name, model, x, y, threat, n_iter, seed)
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
     common = dict(n_iter=n_iter, norm=threat.autoattack_norm, eps=threat.eps, seed=seed,
@@ -40,7 +70,7 @@ def _run_apgd(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, thr
     elif name == "apgd-dlr":
         atk = APGDAttack(model, loss="dlr", **common)
     else:
-        raise ValueError(f"unknown evaluation attack {name!r}; expected apgd-ce, apgd-t or apgd-dlr")
+        check_eval_attack(name)  # raises, naming the valid attacks
     if threat.norm == "l1":
         atk.use_largereps = True
     return atk.perturb(x, y)

@@ -26,19 +26,24 @@ class _OneStep(Attack):
 
 
 class FGSMRS(_OneStep):
+    """``step_size`` and ``init_radius`` (the half-width of the uniform start) are relative to eps."""
+
     def __init__(self, threat: ThreatModel | dict, step_size: float = 1.25, model_mode: str = "eval",
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, init_radius: float = 1.0) -> None:
         super().__init__(threat, model_mode, generator)
-        self.step_size = float(step_size)
+        self.step_size, self.init_radius = float(step_size), float(init_radius)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         eps = self.threat.eps
-        delta = project(x, (2 * rand_like(x, self.generator) - 1) * eps, self.threat)
+        # init_radius 1.0 multiplies eps by exactly 1: the default start is bit-identical to U(-eps, eps).
+        delta = project(x, (2 * rand_like(x, self.generator) - 1) * (self.init_radius * eps), self.threat)
         _, grad, _ = loss_and_grad(model, x + delta, y)
         return x + project(x, delta + self.step_size * eps * grad.sign(), self.threat)
 
 
 class NFGSM(_OneStep):
+    """``noise`` (the init radius: the start is U(-noise eps, noise eps)) and ``step_size`` are relative to eps."""
+
     def __init__(self, threat: ThreatModel | dict, noise: float = 2.0, step_size: float = 1.0,
                  model_mode: str = "eval", generator: torch.Generator | None = None) -> None:
         super().__init__(threat, model_mode, generator)

@@ -1,5 +1,6 @@
 """Adversarial robustness: APGD (``rws.attacks.robust_correct``) per threat model, their union, and
-clean accuracy on the same examples.
+clean accuracy on the same examples. ``attacks`` may also name the adapters paper's PGD-40 with Adam
+(``pgd40-adam``, or ``pgd-adam`` for ``n_iter`` steps), alone or after the APGD attacks.
 
 Cells: ``clean``/"" , ``<norm>``/eps for each threat, ``union``/"" (correct under every threat).
 Each threat is its own cell, so adding a threat to a finished run evaluates only that threat (and
@@ -30,7 +31,10 @@ class AdversarialSuite(Suite):
 
     def __init__(self, options: Mapping[str, Any], **kw: Any) -> None:
         super().__init__(options, **kw)
-        self.attacks = [str(a) for a in (self.config.get("attacks") or EVAL_ATTACKS)]
+        from rws.attacks.evaluate import check_eval_attack
+
+        # A misspelt attack fails here, before any model is built or cell evaluated.
+        self.attacks = [check_eval_attack(str(a)) for a in (self.config.get("attacks") or EVAL_ATTACKS)]
         self.n_iter = int(self.config.get("n_iter") or DEFAULT_STEPS)
 
     def threats(self, source: DataSource) -> list[ThreatModel]:
