@@ -143,3 +143,72 @@ class SpecList(SpecGenerator):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "spec_list"}
+
+
+# The adapters paper's soups (Table 7 / Fig. 5): beta in [0, 1] plus its extrapolations -0.05 and 1.05.
+PAPER_BETAS = (-0.05, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.05)
+
+
+class AdapterBetaGrid(SpecGenerator):
+    """Adversarial model soups of one adapter export: ``betas`` (β·φ_clean + (1 − β)·φ_robust) or,
+    with ``plane={low, high, step}``, every (β1, β2) of the token plane (appendix D).
+
+    The export is built once and each spec only switches its mode (``set_mode``, which touches φ
+    alone), so a β costs one forward pass per batch and no rebuild. ``specs()`` are the equivalent
+    ``{kind: adapter, ...}`` specs: rows, resume keys and selection are those of building each one."""
+
+    noun = "beta"
+
+    def __init__(self, base: str, betas: Sequence[float] | None = None,
+                 plane: Mapping[str, Any] | None = None) -> None:
+        import math
+
+        self.base = str(Path(base).resolve())
+        if plane:
+            low, high, step = (float(plane.get(k)) for k in ("low", "high", "step"))
+            if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(step)) or step <= 0 or high < low:
+                raise ValueError(f"adapter.plane must be {{low, high, step}} with step > 0 and high >= low, got {dict(plane)}")
+            n = int(round((high - low) / step)) + 1
+            axis = [round(low + i * step, 10) for i in range(n)]
+            self.points: list[tuple[float, ...]] = [(b1, b2) for b1 in axis for b2 in axis]
+            self.names = ["beta1", "beta2"]
+        else:
+            values = [float(b) for b in (betas if betas is not None else PAPER_BETAS)]
+            if not values or not all(math.isfinite(b) for b in values):
+                raise ValueError(f"adapter.betas must be a non-empty list of finite numbers, got {betas!r}")
+            self.points = [(b,) for b in values]
+            self.names = ["beta"]
+        base_spec = {"kind": "export", "path": self.base}
+        self._specs = [{"kind": "adapter", "base": base_spec, **dict(zip(self.names, p))} for p in self.points]
+        self._model: nn.Module | None = None
+
+    def specs(self) -> list[dict[str, Any]]:
+        return self._specs
+
+    def model(self, index: int, device: torch.device) -> nn.Module:
+        from rws.models.contracts import has_modes, set_mode
+
+        if self._model is None:  # built on first use, so a finished sweep loads no export
+            from rws.weights.export import load_export
+
+            # Attacks need input gradients only; frozen parameters spare a backward into the weights.
+            self._model = load_export(self.base).build(device).requires_grad_(False)
+            if not has_modes(self._model):
+                raise ValueError(f"adapter.base {self.base} is not an adapter model (it declares no clean/robust "
+                                 f"modes); train it with model.adapter=<kind>")
+        point = self.points[index]
+        set_mode(self._model, point[0] if len(point) == 1 else point)
+        return self._model
+
+    def labels(self) -> list[str]:
+        return [("beta=" + ",".join(f"{v:g}" for v in p)) for p in self.points]
+
+    def extras(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.names, p)) for p in self.points]
+
+    def coordinates(self) -> tuple[torch.Tensor, list[str]]:
+        return torch.tensor(self.points, dtype=torch.float64), list(self.names)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "adapter_beta_grid", "base": self.base, "axes": self.names,
+                "points": [list(p) for p in self.points]}

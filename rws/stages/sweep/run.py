@@ -20,7 +20,7 @@ from rws.evaluation.selection import (TargetCells, best_specs, correctness_matri
 from rws.evaluation.shards import parse_shard
 from rws.evaluation.sources import CorruptFn, FixedSubset, data_identity, load_test_subset
 from rws.evaluation.summary import summarize
-from rws.stages.sweep.generators import SoupGrid, SpecGenerator, SpecList
+from rws.stages.sweep.generators import AdapterBetaGrid, SoupGrid, SpecGenerator, SpecList
 from rws.stages.sweep.targets import Target, parse_targets
 from rws.utils.config import to_plain
 from rws.utils.io import save_safetensors, write_json, write_text
@@ -29,7 +29,13 @@ SWEEP_JSON = "sweep.json"
 
 
 def make_generator(cfg: Mapping[str, Any], datamodule: Any = None) -> SpecGenerator:
-    """``members`` -> a soup grid (``grid``, ``bn``); else ``specs`` -> a spec list."""
+    """``members`` -> a soup grid (``grid``, ``bn``); ``adapter.base`` -> a beta grid of one adapter
+    export (``adapter.betas`` or ``adapter.plane``); else ``specs`` -> a spec list."""
+    adapter = cfg.get("adapter") or {}
+    if adapter.get("base"):
+        if cfg.get("members") or cfg.get("specs"):
+            raise ValueError("sweep: give one of members=[...] (soups), specs=[...] or adapter.base=<export> (a beta grid)")
+        return AdapterBetaGrid(adapter["base"], adapter.get("betas"), adapter.get("plane"))
     if cfg.get("members"):
         calibration = None
         if datamodule is not None and hasattr(datamodule, "calibration_batches"):
