@@ -20,8 +20,9 @@ def main(cfg: DictConfig) -> float | None:
 
     from rws.stages.sweep import run_sweep
 
-    if not cfg.members and not cfg.specs:
-        raise SystemExit("sweep.py: set members=[export_dir,...] or specs=[...] (see python sweep.py --help)")
+    if not cfg.members and not cfg.specs and not (cfg.get("adapter") or {}).get("base"):
+        raise SystemExit("sweep.py: set members=[export_dir,...], specs=[...] or adapter.base=<adapter export> "
+                         "(see python sweep.py --help)")
     datamodule = instantiate(cfg.data)
     best = run_sweep(cfg, datamodule=datamodule, figures=bool(cfg.get("figures", True)))
     # Returned so a Hydra sweeper could optimize over sweep settings (None while other shards run).
