@@ -45,11 +45,11 @@ class Settings:
     epochs: int = 4
     subset_per_class: int = 1000       # training images per class (10k in all)
     alphas: tuple[float, ...] = (0.2, 0.8)   # extra alphas of the cls-token model (0.5 is the main one)
-    n_robust: int = 500                # Table 1: test images for clean and PGD-40 accuracy
-    k_clean: int = 1000                # sweeps: images per clean / corruption target
+    n_robust: int = 400                # Table 1: test images for clean and PGD-40 accuracy
+    k_clean: int = 500                 # sweeps: images per clean / corruption target
     k_adv: int = 200                   # sweeps: images per adversarial target
     attack_steps: int = 10             # sweeps: APGD-CE steps
-    plane_step: float = 0.25           # token plane grid step over [-0.5, 1.5]^2
+    plane_step: float = 0.5            # token plane grid step over [-0.5, 1.5]^2 (5 x 5 points)
     extra: tuple[str, ...] = field(default_factory=tuple)  # overrides of every training step
 
     @staticmethod
