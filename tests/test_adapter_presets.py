@@ -52,11 +52,13 @@ def test_paper_presets_use_the_papers_attack() -> None:
 def test_cpu_driver_plan_composes(tmp_path: Path) -> None:
     from rws.pipelines.adapters_cpu import Settings, plan
 
-    steps = plan(Settings.smoke(), tmp_path)
-    names = [s.name for s in steps]
-    assert {"nominal", "adversarial", "cotrain_shared", "cotrain_cls_token", "cotrain_layernorm", "beta",
-            "ensemble", "independent", "plane", "report"} <= set(names)
-    for st in steps:
-        app = st.hydra_app()
-        if app is not None:
-            compose(app[0], [o for o in app[1] if not o.startswith("hydra.")])
+    for settings in (Settings.smoke(), Settings.digits()):
+        steps = plan(settings, tmp_path)
+        names = [s.name for s in steps]
+        assert {"nominal", "adversarial", "cotrain_shared", "cotrain_cls_token", "cotrain_layernorm", "beta",
+                "ensemble", "independent", "plane", "report"} <= set(names)
+        for st in steps:
+            app = st.hydra_app()
+            if app is not None:
+                cfg = compose(app[0], [o for o in app[1] if not o.startswith("hydra.")])
+                assert cfg.data.name == settings.data
