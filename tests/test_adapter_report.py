@@ -50,6 +50,10 @@ def test_claims_decide_from_the_numbers() -> None:
     bad[2]["robust"], bad[1]["corruption_mean"] = 0.5, 0.4
     out = claims(t, betas, bad)
     assert "did not hold" in out[2] and "did not hold" in out[3]
+    # An intermediate beta that wins by less than a point is not a result.
+    close = [dict(b) for b in beta]
+    close[1]["corruption_mean"] = 0.555
+    assert "undecided" in claims(t, betas, close)[3]
 
 
 def test_filter_components_are_the_principal_directions(tmp_path: Path) -> None:
