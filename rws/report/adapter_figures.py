@@ -136,12 +136,18 @@ def embedder_filters(weights: dict[str, torch.Tensor], path: Path, n: int = 28) 
     return tiles
 
 
-def patch_embed_weight(export_dir: str | Path) -> torch.Tensor:
-    """The patch-embed conv weight of a ViT export (its clean copy for a patch_embed adapter)."""
+def patch_embed_weight(export_dir: str | Path, mode: str = "clean") -> torch.Tensor:
+    """The patch-embed conv weight of a ViT export. For a ``patch_embed`` adapter export ``mode``
+    picks its clean copy (the parametrization's ``original``) or its robust copy (``0.robust``);
+    a plain ViT has one weight, returned for either mode."""
     from safetensors.torch import load_file
 
+    if mode not in ("clean", "robust"):
+        raise ValueError(f"patch_embed_weight: mode must be clean or robust, got {mode!r}")
     state = load_file(str(Path(export_dir) / "model.safetensors"))
-    keys = [k for k in state if "patch_embed.proj" in k and (k.endswith("proj.weight") or k.endswith("weight.original"))]
+    ends = ("proj.weight", "proj.parametrizations.weight.original" if mode == "clean"
+            else "proj.parametrizations.weight.0.robust")
+    keys = [k for k in state if "patch_embed.proj" in k and k.endswith(ends)]
     if not keys:
         raise ValueError(f"{export_dir}: no patch_embed.proj weight (not a ViT export)")
     return state[sorted(keys)[0]]

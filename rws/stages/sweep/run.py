@@ -190,6 +190,27 @@ def summarize_sweep(out: str | os.PathLike, figures: bool = True, few_shot_trial
         robust = [j for j, t in enumerate(targets) if all(c[0] == "adversarial" for c in t.cells)]
         make_figures(out / "figures", torch.tensor([e["weights"] for e in extras], dtype=torch.float64), scores,
                      names, gen.get("member_names") or [], scatter_pair=tuple(robust[:2]) if len(robust) >= 2 else None)
+    if figures and gen.get("kind") == "adapter_beta_grid":
+        _adapter_figures(out, gen)
     log(f"[sweep] best average {meta.get('noun', 'spec')} {labels[sids.index(best['single']['spec_id'])]} "
         f"({best['single']['average']:.4f}); wrote {out / 'best.json'}, {out / 'best.md'}")
     return best
+
+
+def _adapter_figures(out: Path, gen: Mapping[str, Any]) -> dict[str, Any]:
+    """A beta grid's figures from its result files: accuracy against beta (``figures/beta_curves.png``)
+    or, for a plane, the clean / robust / normalized-mean heatmaps (``figures/token_plane.png``; needs
+    a clean and a robust target). Returns the plotted data ({} when there is nothing to plot)."""
+    from rws.report import adapter_figures as figs
+    from rws.report.adapter_tables import sweep_table
+
+    entries = sweep_table(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    if list(gen["axes"]) == ["beta"]:
+        if not any(e[k] is not None for e in entries for k in ("clean", "robust", "corruption_mean")):
+            return {}
+        return figs.beta_curves(entries, out / "figures" / "beta_curves.png")
+    if any(e["clean"] is None or e["robust"] is None for e in entries):
+        return {}
+    return figs.token_plane([tuple(p) for p in gen["points"]], [e["clean"] for e in entries],
+                            [e["robust"] for e in entries], out / "figures" / "token_plane.png")
