@@ -222,7 +222,7 @@ def report(root: Path, out: Path) -> dict[str, Any]:
     t = table1(read_results(root / "table1")) if (root / "table1").exists() else {}
     result["table1"] = t
     if t:
-        md += ["## Table 1 analog (clean and PGD-40 robust accuracy, eps 4/255)", "", _table1_md(t), ""]
+        md += ["## Table 1 analog (clean and PGD-40 robust accuracy at the run's eps)", "", _table1_md(t), ""]
         alphas = alpha_table(t)
         result["alpha"] = alphas
         md += ["## Co-training weight alpha (Fig. 3 analog; cls-token adapters)", "",
