@@ -52,7 +52,11 @@ def adapter_children(spec: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def build_adapter(spec: dict[str, Any], ctx: BuildContext) -> nn.Module:
-    return build_mode({"base": spec["base"], "mode": adapter_mode(spec)}, ctx)
+    try:
+        return build_mode({"base": spec["base"], "mode": adapter_mode(spec)}, ctx)
+    except SpecError as e:
+        # The mode kind's message names kind 'mode'; say which spec the user actually wrote.
+        raise SpecError(f"adapter spec: {e}") from None
 
 
 def adapter_name(spec: dict[str, Any], name_of: Callable[[Any], str]) -> str:
