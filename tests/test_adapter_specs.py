@@ -156,6 +156,8 @@ def test_beta_plane_grid(adapter_export: Path) -> None:
         AdapterBetaGrid(str(adapter_export), plane={"low": 0, "high": 1, "step": 0})
     with pytest.raises(ValueError, match="betas"):
         AdapterBetaGrid(str(adapter_export), betas=[float("nan")])
+    with pytest.raises(ValueError, match="not both"):
+        AdapterBetaGrid(str(adapter_export), betas=[0.5], plane={"low": 0, "high": 1, "step": 0.5})
 
 
 def test_adapter_and_ensemble_spec_ids_are_pinned() -> None:

@@ -164,6 +164,9 @@ class AdapterBetaGrid(SpecGenerator):
         import math
 
         self.base = str(Path(base).resolve())
+        if plane and betas is not None:
+            raise ValueError("adapter: give adapter.betas=[...] (a beta line) or adapter.plane={low, high, step} "
+                             "(the token plane), not both")
         if plane:
             low, high, step = (float(plane.get(k)) for k in ("low", "high", "step"))
             if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(step)) or step <= 0 or high < low:
