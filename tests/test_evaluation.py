@@ -401,3 +401,29 @@ def test_tables_from_results(tmp_path: Path) -> None:
     assert main([str(tmp_path / "r"), "--table", "corruptions", "--out", str(tmp_path / "t")]) == 0
     assert "| a | a | 50.00 | 80.00 | 60.00 |" in (tmp_path / "t.md").read_text()
     assert (tmp_path / "t.csv").read_text().startswith("model,spec_id,fog,snow,mean")
+
+
+def test_summary_table_adds_threat_columns_and_keeps_the_spec_order(tmp_path: Path) -> None:
+    """One robust-accuracy column per threat (eps in 255ths), no clean/union repeats for one threat;
+    rows in the order of the evaluate call's summary.json, not the order rows arrived (shards)."""
+    from rws.report.tables import main, spec_order, summary_table
+
+    eps = 32 / 255
+    rows = [_row("b", "clean", "clean", "", 0.8, "b"), _row("b", "adversarial", "linf", eps, 0.3, "b"),
+            _row("b", "adversarial", "clean", "", 0.8, "b"), _row("b", "adversarial", "union", "", 0.3, "b"),
+            _row("a", "clean", "clean", "", 0.9, "a"), _row("a", "adversarial", "linf", eps, 0.1, "a")]
+    t = summary_table(rows, order=["a", "b"])
+    assert [r["model"] for r in t] == ["a", "b"]
+    assert [r["linf 32/255"] for r in t] == [0.1, 0.3] and "union" not in t[0] and "clean" not in t[0]
+    assert [r["model"] for r in summary_table(rows)] == ["b", "a"]  # no order: as the rows come
+    two = rows + [_row("b", "adversarial", "l2", 0.5, 0.2, "b")]
+    t2 = summary_table(two)
+    assert t2[0]["l2@0.5"] == 0.2 and t2[0]["union"] == 0.3 and t2[1]["union"] is None
+
+    with ResultsWriter(tmp_path / "r") as w:
+        w.write(rows)
+    (tmp_path / "r" / "summary.json").write_text(json.dumps({"models": {"a": {}, "b": {}}}))
+    assert spec_order([str(tmp_path / "r"), str(tmp_path / "missing")]) == ["a", "b"]
+    assert main([str(tmp_path / "r"), "--out", str(tmp_path / "t")]) == 0
+    md = (tmp_path / "t.md").read_text().splitlines()
+    assert md[0].endswith("| linf 32/255 |") and md[2].startswith("| a |") and md[3].startswith("| b |")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -67,15 +68,35 @@ def pivot(rows: Iterable[Record], index: str | Sequence[str] = "model", columns:
     return out
 
 
+def _threat_label(key: str) -> str:
+    """``linf@0.0313725`` -> ``linf 8/255`` (eps a whole number of 255ths), else the key."""
+    norm, _, eps = key.partition("@")
+    try:
+        k = float(eps) * 255
+    except ValueError:
+        return key
+    return f"{norm} {round(k)}/255" if abs(k - round(k)) < 1e-3 else key
+
+
 def summary_table(rows: list[Record], baseline_rows: list[Record] | None = None,
-                  baseline_model: str | None = None) -> list[Record]:
-    """TA / RA / mCE per model."""
+                  baseline_model: str | None = None, order: Sequence[str] = ()) -> list[Record]:
+    """TA / RA / mCE per model, then one column per adversarial cell (robust accuracy, named
+    ``<threat>@<eps>``) when any model has one."""
+    by_id = summarize(rows, baseline_rows, baseline_model)
+    rank = {sid: i for i, sid in enumerate(order)}
+    summaries = [by_id[sid] for sid in sorted(by_id, key=lambda sid: rank.get(sid, len(rank)))]
+    threats = sorted({k for s in summaries for k in s.get("adversarial", {}) if "@" in k})
+    # The suite's clean cell repeats TA; its union equals the threat's cell when a model has one threat.
+    several = any(sum("@" in k for k in s.get("adversarial", {})) > 1 for s in summaries)
+    adversarial = threats + (["union"] if several else [])
     out = []
-    for s in summarize(rows, baseline_rows, baseline_model).values():
+    for s in summaries:
         rec: Record = {"model": s.get("model", ""), "spec_id": s["spec_id"], "TA": s.get("TA"), "RA": s.get("RA")}
         if "mCE" in s:
             rec["mCE"] = s["mCE"]
         rec["mCE_unnormalized"] = s.get("mCE_unnormalized")
+        for k in adversarial:
+            rec[_threat_label(k)] = s.get("adversarial", {}).get(k)
         out.append(rec)
     return out
 
@@ -120,17 +141,28 @@ def to_csv(records: list[Record]) -> str:
 
 def build_table(rows: list[Record], table: str = "summary", index: str | None = None, cols: str | None = None,
                 metric: str = "acc", suite: str | None = None, baseline: str | None = None,
-                baseline_model: str | None = None) -> list[Record]:
+                baseline_model: str | None = None, order: Sequence[str] = ()) -> list[Record]:
     if index or cols:
         return pivot(filter_rows(rows, suite=suite), index=(index or "model").split(","), columns=cols,
                      metric=metric)
     if table == "summary":
-        return summary_table(rows, read_results(baseline) if baseline else None, baseline_model)
+        return summary_table(rows, read_results(baseline) if baseline else None, baseline_model, order)
     if table == "corruptions":
         return corruption_table(rows, metric)
     if table == "severities":
         return severity_table(rows, metric)
     raise ValueError(f"unknown table {table!r}; tables: summary, corruptions, severities (or --rows/--cols)")
+
+
+def spec_order(results: Sequence[str]) -> list[str]:
+    """Spec ids in the order evaluate.py was given them (its summary.json), dirs in argument order;
+    models without one follow in the order their rows come."""
+    order: list[str] = []
+    for r in results:
+        f = Path(r) / "summary.json"
+        if f.is_file():
+            order += [sid for sid in json.loads(f.read_text()).get("models", {}) if sid not in order]
+    return order
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write OUT.md and OUT.csv instead of printing")
     a = p.parse_args(argv)
     records = build_table(read_many(a.results), a.table, a.rows, a.cols, a.metric, a.suite, a.baseline,
-                          a.baseline_model)
+                          a.baseline_model, spec_order(a.results))
     md = to_markdown(records, scale=a.scale)
     if a.out:
         write_text(Path(a.out).with_suffix(".md"), md)
