@@ -70,6 +70,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if cfg.get("init"):
         skipped = load_init(method.model, cfg.init, skip=list(cfg.get("init_skip") or []))
         log.info("initialized from %s%s", cfg.init, f" (kept fresh: {skipped})" if skipped else "")
+        method.reset_ema()  # the weight average starts at the loaded weights, not the random ones
 
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}",
@@ -105,7 +106,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         fingerprint = getattr(datamodule, "fingerprint", None)
         if fingerprint:
             metrics["data_fingerprint"] = fingerprint() if callable(fingerprint) else fingerprint
-        save_export(cfg.export_dir, method.model, method.model_cfg, metrics=metrics, run_cfg=run_cfg)
+        save_export(cfg.export_dir, method.export_model(), method.model_cfg, metrics=metrics, run_cfg=run_cfg)
         write_json(run_dir / "metrics.json", metrics)
         log.info("export written to %s", cfg.export_dir)
         _log_wandb_table(loggers, metrics)

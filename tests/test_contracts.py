@@ -13,14 +13,6 @@ from rws.models.contracts import (HeadSelection, HeadView, ModeView, default_hea
                                   register_selection_rule, selection_rule_names, set_mode, using_mode)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TwoModeLinear(nn.Module):
     """ψ ∪ (w0·φ_clean + w1·φ_robust): a shared linear map plus one linear map per mode. The maps
     are linear, so mixing their parameters is mixing their outputs."""

@@ -16,14 +16,6 @@ from rws.methods.cotrain import CoTrainModule
 from rws.models.contracts import get_mode, mix_weights, set_mode, using_mode
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 K, SHAPE = 4, (3, 8, 8)
 OPTIM = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False}
 SCHED = {"name": "none", "warmup_epochs": 0}

@@ -24,6 +24,7 @@ from rws.data.datasets import FileImageDataset, TensorImageDataset, imagenet_tra
 from rws.data.digits import digits_splits
 from rws.data.errors import SHARED_HINT, DatasetNotFoundError
 from rws.data.image_folder import find_classes, scan_image_folder
+from rws.data.randaugment import build_randaugment
 from rws.data.tiny_imagenet import read_wnids, scan_tiny_imagenet
 
 log = logging.getLogger("rws.data")
@@ -74,6 +75,7 @@ class ImageDataModule(pl.LightningDataModule):
         padding: int | None = None,
         download: bool = False,
         decode_workers: int | None = None,
+        randaugment: str | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser() if root is not None else None
@@ -96,6 +98,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_size = val_size
         self.augment = bool(augment)
         self.flip = bool(flip)
+        # Built now so a bad policy string fails before any data is read.
+        self.randaugment = randaugment or None
+        self.policy = build_randaugment(self.randaugment, self.image_size, self.mean)
         self.test_subset = test_subset
         self.test_per_class = test_per_class
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -120,7 +125,7 @@ class ImageDataModule(pl.LightningDataModule):
     def _dataset(self, data: Any, y: torch.Tensor, idx: torch.Tensor, train: bool) -> Dataset:
         """The Dataset for ``idx`` of one split; ``train`` turns augmentation on."""
         return TensorImageDataset(data[idx], y[idx], augment=train and self.augment,
-                                  padding=self.padding, seed=self.seed, flip=self.flip)
+                                  padding=self.padding, seed=self.seed, flip=self.flip, policy=self.policy)
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def _read_once(self, split: str) -> tuple[Any, torch.Tensor, list[str]]:
@@ -372,4 +377,5 @@ class ImageNetDataModule(ImageFolderDataModule):
 
     def _dataset(self, data: Any, y: torch.Tensor, idx: torch.Tensor, train: bool) -> Dataset:
         files = [data[i] for i in idx.tolist()]
-        return FileImageDataset(files, y[idx], imagenet_transforms(self.image_size, train and self.augment))
+        return FileImageDataset(files, y[idx], imagenet_transforms(self.image_size, train and self.augment,
+                                                                      self.policy))

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
+from rws.data.randaugment import augment_batch
 from rws.data.transforms import default_padding, random_crop_flip, to_float
 
 
@@ -22,7 +23,8 @@ class TensorImageDataset(Dataset):
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, augment: bool = False,
-                 padding: int | None = None, seed: int = 0, flip: bool = True) -> None:
+                 padding: int | None = None, seed: int = 0, flip: bool = True,
+                 policy: Callable[[Any], Any] | None = None) -> None:
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected uint8 (N,3,H,W), got {x.dtype} {tuple(x.shape)}")
         if len(x) != len(y):
@@ -30,6 +32,7 @@ class TensorImageDataset(Dataset):
         self.x, self.y = x, y.to(torch.int64)
         self.augment = augment
         self.flip = bool(flip)
+        self.policy = policy  # RandAugment (rws/data/randaugment.py), after crop and flip
         self.padding = default_padding(x.shape[-1]) if padding is None else int(padding)
         self.seed = int(seed)
         self._gen: torch.Generator | None = None
@@ -54,6 +57,8 @@ class TensorImageDataset(Dataset):
         x = self.x[idx]
         if self.augment:
             x = random_crop_flip(x, self.padding, self._generator(), flip=self.flip)
+            if self.policy is not None:
+                x = augment_batch(self.policy, x)
         return to_float(x), self.y[idx]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,11 +93,14 @@ class FileImageDataset(Dataset):
         return self.transform(img), self.labels[i]
 
 
-def imagenet_transforms(image_size: int, train: bool) -> Callable[[Any], torch.Tensor]:
-    """The usual ImageNet recipe at ``image_size``: RandomResizedCrop+flip, or resize(1.14x)+center crop."""
+def imagenet_transforms(image_size: int, train: bool,
+                        policy: Callable[[Any], Any] | None = None) -> Callable[[Any], torch.Tensor]:
+    """The usual ImageNet recipe at ``image_size``: RandomResizedCrop+flip (then ``policy``, a
+    RandAugment, on the PIL image), or resize(1.14x)+center crop."""
     from torchvision.transforms import v2
 
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if train:
-        return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *tail])
+        return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(),
+                           *([policy] if policy is not None else []), *tail])
     return v2.Compose([v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size), *tail])

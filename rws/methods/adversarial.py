@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from rws.attacks import build_attack, parse_threats
 from rws.attacks.modes import preserve_modes
 from rws.methods.base import ClassifierModule
+from rws.methods.mixing import hard_labels
 from rws.methods.step import StepOutput
 
 MODES = ("single", "max", "sat", "eat")
@@ -88,20 +89,21 @@ class AdversarialModule(ClassifierModule):
     def adversarial_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_adv, threat index per example): max attacks in every threat model and keeps each
         example's highest-loss perturbation; single/sat/eat attack the whole batch in one threat."""
+        labels = hard_labels(y)  # attacks take class indices; y may be a mixed batch's soft targets
         if self.mode == "max":
-            xs = [atk(self.model, x, y) for atk in self.attacks]
+            xs = [atk(self.model, x, labels) for atk in self.attacks]
             worst = self._loss_per_threat(xs, y).argmax(1)
             x_adv = torch.stack(xs, 1)[torch.arange(len(y), device=x.device), worst]
             return x_adv, worst
         j = self._pick_threat()
         ids = torch.full((len(y),), j, device=x.device, dtype=torch.long)
-        return self.attacks[j](self.model, x, y), ids
+        return self.attacks[j](self.model, x, labels), ids
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         x_adv, ids = self.adversarial_batch(x, y)
         out = self.supervised_step(x_adv, y)
         if self.clean_weight > 0:
-            clean = F.cross_entropy(self.model(x), y, label_smoothing=self.label_smoothing)
+            clean = self.loss(self.model(x), y)
             out.log("train/clean_loss", clean, len(y))
             out.loss = (1 - self.clean_weight) * out.loss + self.clean_weight * clean
         self._record_threat_stats(out, ids)
@@ -110,7 +112,7 @@ class AdversarialModule(ClassifierModule):
     def _record_threat_stats(self, out: StepOutput, ids: torch.Tensor) -> None:
         """Robust accuracy per threat model (and the E-AT error update it feeds); for max/sat/eat
         the fraction of examples each threat trained on; for eat the running errors."""
-        correct = (out.logits.detach().argmax(1) == out.target).float()
+        correct = (out.logits.detach().argmax(1) == hard_labels(out.target)).float()
         for j, key in enumerate(self.threat_keys):
             sel = ids == j
             n = int(sel.sum())

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from rws.attacks import build_attack
 from rws.attacks.threat import ThreatModel
 from rws.methods.base import ClassifierModule
+from rws.methods.mixing import hard_labels
 from rws.methods.step import StepOutput
 from rws.models.contracts import has_modes, mode_names, using_mode
 
@@ -73,31 +74,31 @@ class CoTrainModule(ClassifierModule):
     def adversarial_batch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x + delta, delta found with the model in robust mode (the mode is restored afterwards)."""
         with using_mode(self.model, ROBUST_MODE):
-            return self.attack(self.model, x, y)
+            return self.attack(self.model, x, hard_labels(y))
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        n = len(y)
+        n, labels = len(y), hard_labels(y)  # y: class indices, or soft targets of a mixed batch
         losses: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []
         logs: list[tuple[str, torch.Tensor]] = []
         if self.alpha > 0:
             with using_mode(self.model, CLEAN_MODE):
                 clean_logits = self.model(x)
-            clean = F.cross_entropy(clean_logits, y, label_smoothing=self.label_smoothing)
+            clean = self.loss(clean_logits, y)
             losses.append(self.alpha * clean)
             logits.append(clean_logits)
-            logs += [("train/clean_loss", clean), ("train/clean_acc", _accuracy(clean_logits, y))]
+            logs += [("train/clean_loss", clean), ("train/clean_acc", _accuracy(clean_logits, labels))]
         if self.alpha < 1:
             x_adv = self.adversarial_batch(x, y)
             with using_mode(self.model, ROBUST_MODE):
                 adv_logits = self.model(x_adv)
-            adv = F.cross_entropy(adv_logits, y, label_smoothing=self.label_smoothing)
+            adv = self.loss(adv_logits, y)
             losses.append((1 - self.alpha) * adv)
             logits.append(adv_logits)
-            logs += [("train/adv_loss", adv), ("train/adv_acc", _accuracy(adv_logits, y))]
+            logs += [("train/adv_loss", adv), ("train/adv_acc", _accuracy(adv_logits, labels))]
         loss = losses[0] if len(losses) == 1 else losses[0] + losses[1]
         # train/acc is over every example the loss saw: clean and adversarial, each once.
-        out = StepOutput(loss=loss, logits=torch.cat(logits), target=y.repeat(len(logits)))
+        out = StepOutput(loss=loss, logits=torch.cat(logits), target=labels.repeat(len(logits)))
         for name, value in logs:
             out.log(name, value, n)
         return out
