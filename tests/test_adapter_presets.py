@@ -3,6 +3,7 @@ plan is valid (every Hydra step composes)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from rws.training import build_method
 
 PRESETS = {  # preset -> (data, model name, adapter, expected extra parameters of the adapter > 0)
     "cpu": ("cifar10_jpeg", "vit_cpu_patch4_32", "cls_token"),
+    "cpu_cnn": ("digits", "small_cnn", "dual_bn"),
     "vit_b16_imagenet": ("imagenet", "timm/vit_base_patch16_224", "cls_token"),
     "vit_s_cifar10": ("cifar10", "vit_small_patch4_32", "cls_token"),
     "resnet50_gn_ws_imagenet": ("imagenet", "resnet50", "dual_gn"),
@@ -47,16 +49,28 @@ def test_paper_presets_use_the_papers_attack() -> None:
     assert abs(m.step_size * 4 / 255 - 2.5 / 255) < 1e-12
     assert list(m.optim.betas) == [0.9, 0.95] and m.optim.weight_decay == 0.3 and m.sched.warmup_epochs == 20
     assert m.label_smoothing == 0.1 and cfg.model.drop_path_rate == 0.1 and cfg.model.global_pool == "avg"
+    # the rest of the appendix A recipe (timm): mixup 0.8 + CutMix 1.0, EMA 0.9999, RandAugment(2, 9, p 0.5)
+    assert (m.mixup.mixup_alpha, m.mixup.cutmix_alpha, m.ema.decay) == (0.8, 1.0, 0.9999)
+    assert cfg.data.randaugment == "rand-m9-n2-p0.5"
+    small = compose("train", ["experiment=adapters/vit_s_cifar10", "model=vit_cpu_patch4_32",
+                                     "model.patch_stride=null"])
+    module = build_method(small)
+    assert module.mixer is not None and module.ema is not None and module.export_model() is module.ema.module
 
 
 def test_cpu_driver_plan_composes(tmp_path: Path) -> None:
     from rws.pipelines.adapters_cpu import Settings, plan
 
-    for settings in (Settings.smoke(), Settings.digits()):
+    for settings in (Settings.smoke(), Settings.digits(), Settings.cnn()):
         steps = plan(settings, tmp_path)
         names = [s.name for s in steps]
-        assert {"nominal", "adversarial", "cotrain_shared", "cotrain_cls_token", "cotrain_layernorm", "beta",
+        main, other = (("cotrain_dual_bn", "cotrain_dualparams_bn") if settings.experiment.endswith("cnn")
+                       else ("cotrain_cls_token", "cotrain_layernorm"))
+        assert {"nominal", "adversarial", "cotrain_shared", main, other, "beta",
                 "ensemble", "independent", "plane", "report"} <= set(names)
+        assert all(main in st.shell() for st in steps if st.name in ("beta", "ensemble", "plane"))
+        report = next(st for st in steps if st.name == "report")
+        assert json.loads(report.files[tmp_path / "plan.json"])["main_run"] == main
         for st in steps:
             app = st.hydra_app()
             if app is not None:

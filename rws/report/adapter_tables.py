@@ -25,7 +25,8 @@ from rws.evaluation.results import read_results
 from rws.utils.io import write_json, write_text
 
 Record = dict[str, Any]
-TABLE1_ROWS = ("nominal", "adversarial", "cotrain_shared", "cotrain_cls_token", "cotrain_layernorm")
+TABLE1_ROWS = ("nominal", "adversarial", "cotrain_shared", "cotrain_cls_token", "cotrain_layernorm", "cotrain_dual_bn",
+              "cotrain_dualparams_bn")
 # A claim "holds" when the gap is at least this many accuracy points (noise at a few hundred images).
 MARGIN = 0.05
 ONE_POINT = 0.01
@@ -56,12 +57,24 @@ def _by(rows: Iterable[Record], field: str) -> dict[str, list[Record]]:
 
 
 # ----- Table 1 and the alpha table ---------------------------------------------------------------
+def main_run(root: Path) -> str:
+    """The co-trained run the alpha table, the sweeps and the claims are about: <root>/plan.json
+    (written by adapters_cpu), else the cls-token run of the default driver."""
+    plan = root / "plan.json"
+    return json.loads(plan.read_text())["main_run"] if plan.is_file() else "cotrain_cls_token"
+
+
+def _label(run: str) -> str:
+    return run.removeprefix("cotrain_").replace("_", "-")
+
+
 def table1(rows: list[Record]) -> dict[str, dict[str, float | None]]:
     """{run: {clean_mode_clean, clean_mode_robust, robust_mode_clean, robust_mode_robust}}; a plain
     model has one mode: nominal fills the clean-mode columns, adversarial the robust-mode ones."""
     models = _by(rows, "model")
     table: dict[str, dict[str, float | None]] = {}
-    for name in sorted({m.split("@")[0] for m in models}, key=lambda n: (n not in TABLE1_ROWS, n)):
+    order = {n: i for i, n in enumerate(TABLE1_ROWS)}
+    for name in sorted({m.split("@")[0] for m in models}, key=lambda n: (order.get(n, len(order)), n)):
         if name in models:  # a plain model
             c, r = _clean(models[name]), _robust(models[name])
             cols = ("clean_mode", "robust_mode")[name == "adversarial"]
@@ -86,12 +99,13 @@ def _table1_md(t: dict[str, dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
-def alpha_table(t: dict[str, dict[str, float | None]]) -> list[tuple[float, float | None, float | None]]:
+def alpha_table(t: dict[str, dict[str, float | None]],
+                main: str = "cotrain_cls_token") -> list[tuple[float, float | None, float | None]]:
     """(alpha, clean accuracy in clean mode, robust accuracy in robust mode), alpha ascending; the
-    cls-token run is alpha 0.5, adversarial training alpha 0 and nominal training alpha 1."""
+    main run is alpha 0.5, adversarial training alpha 0 and nominal training alpha 1."""
     out = []
     for name, e in t.items():
-        if name == "cotrain_cls_token":
+        if name == main:
             out.append((0.5, e.get("clean_mode_clean"), e.get("robust_mode_robust")))
         elif name.startswith("cotrain_alpha"):
             out.append((float(name[len("cotrain_alpha"):]), e.get("clean_mode_clean"), e.get("robust_mode_robust")))
@@ -138,18 +152,20 @@ def _xs(entries: list[dict[str, Any]], key: str, fallback: Iterable[Any]) -> lis
 
 
 # ----- claims -------------------------------------------------------------------------------------
-def claims(t: dict[str, dict[str, float | None]], betas: list[float], beta: list[dict[str, Any]]) -> list[str]:
-    """The paper's four claims, each with the numbers that decide it."""
+def claims(t: dict[str, dict[str, float | None]], betas: list[float], beta: list[dict[str, Any]],
+           main: str = "cotrain_cls_token") -> list[str]:
+    """The paper's four claims, each with the numbers that decide it (about ``main``'s adapter)."""
     out = []
     shared = t.get("cotrain_shared", {}).get("robust_mode_robust")
-    cls = t.get("cotrain_cls_token", {}).get("robust_mode_robust")
+    cls = t.get(main, {}).get("robust_mode_robust")
+    name = _label(main)
     adv = t.get("adversarial", {}).get("robust_mode_robust")
     if None not in (shared, cls, adv):
         held = shared < cls - MARGIN and shared < adv - MARGIN  # type: ignore[operator]
         out.append(f"- Fully shared co-training loses robustness: **{'held' if held else 'did not hold'}** "
-                   f"(robust accuracy: shared {_pct(shared)}, cls-token robust mode {_pct(cls)}, adversarial {_pct(adv)}).")
+                   f"(robust accuracy: shared {_pct(shared)}, {name} robust mode {_pct(cls)}, adversarial {_pct(adv)}).")
         held = cls >= adv - MARGIN  # type: ignore[operator]
-        out.append(f"- A cls-token adapter keeps robustness (within {100 * MARGIN:.0f} points of adversarial training): "
+        out.append(f"- A {name} adapter keeps robustness (within {100 * MARGIN:.0f} points of adversarial training): "
                    f"**{'held' if held else 'did not hold'}** ({_pct(cls)} vs {_pct(adv)}).")
     pairs = [(b, e) for b, e in zip(betas, beta) if e["clean"] is not None and e["robust"] is not None]
     if len(pairs) >= 3:
@@ -205,8 +221,14 @@ def _figures(root: Path, out: Path, result: dict[str, Any]) -> list[str]:
                                                     "beta2": float(grids["beta2"][best[0]])}
             made.append("token_plane.png")
     exports = {name: root / name / "export" for name in ("nominal", "adversarial", "cotrain_alpha0.2",
-                                                           "cotrain_cls_token", "cotrain_alpha0.8")}
-    weights = {name: figs.patch_embed_weight(p) for name, p in exports.items() if (p / "model.safetensors").exists()}
+                                                           main_run(root), "cotrain_alpha0.8")}
+    weights = {}
+    for name, p in exports.items():
+        if (p / "model.safetensors").exists():
+            try:
+                weights[name] = figs.patch_embed_weight(p)
+            except ValueError:  # not a ViT (the --cnn driver): no embedder filters to show
+                pass
     if weights:
         figs.embedder_filters(weights, out / "embedder_filters.png")
         made.append("embedder_filters.png")
@@ -216,16 +238,17 @@ def _figures(root: Path, out: Path, result: dict[str, Any]) -> list[str]:
 def report(root: Path, out: Path) -> dict[str, Any]:
     from rws.pipelines.adapters_cpu import BETAS, ENSEMBLE_WEIGHTS, INDEPENDENT_WS
 
-    result: dict[str, Any] = {"root": str(root)}
+    main = main_run(root)
+    result: dict[str, Any] = {"root": str(root), "main_run": main}
     md = ["# Adapters at CPU scale", "", f"From the result files under `{root}` "
           "(`python -m rws.report.adapter_tables " + str(root) + "`). Accuracies in %.", ""]
     t = table1(read_results(root / "table1")) if (root / "table1").exists() else {}
     result["table1"] = t
     if t:
         md += ["## Table 1 analog (clean and PGD-40 robust accuracy at the run's eps)", "", _table1_md(t), ""]
-        alphas = alpha_table(t)
+        alphas = alpha_table(t, main)
         result["alpha"] = alphas
-        md += ["## Co-training weight alpha (Fig. 3 analog; cls-token adapters)", "",
+        md += [f"## Co-training weight alpha (Fig. 3 analog; {_label(main)} adapters)", "",
                "| alpha | clean (clean mode) | robust (robust mode) |", "|---|---|---|"]
         md += [f"| {a:g} | {_pct(c)} | {_pct(r)} |" for a, c, r in alphas] + [""]
     beta: list[dict[str, Any]] = []
@@ -253,7 +276,7 @@ def report(root: Path, out: Path) -> dict[str, Any]:
     figures = _figures(root, out, result)
     if figures:
         md += ["## Figures", "", *[f"- `{f}`" for f in figures], ""]
-    found = claims(t, betas, beta)
+    found = claims(t, betas, beta, main)
     result["claims"] = found
     if found:
         md += ["## Which of the paper's claims held at this scale", "", *found, ""]
