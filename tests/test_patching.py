@@ -290,3 +290,66 @@ def test_bn_mix_affine_and_convex() -> None:
     assert_bit_exact(model, ref)
     with pytest.raises(ValueError, match="bn_mix"):
         Patcher(model, [s1], bn_mix="median")
+
+
+def test_apply_is_all_or_nothing() -> None:
+    """An alpha that overflows the weights' dtype, or one that makes them infinite, fails before or
+    while patching and leaves the model bit-exactly standard (a later good patch still works)."""
+    model = std_model()
+    ref = snapshot(model)
+    good, bad = make_sig(1), make_sig(2)
+    for v in bad.rws.values():
+        v.mul_(100.0)  # entries up to ~30: alpha 1e38 fits float32 but the patched weights overflow
+    for alpha, match in ((1e39, "does not fit torch.float32"), (float("nan"), "finite"),
+                         (1e38, "non-finite weights")):
+        p = Patcher(model, [(good, 1.0), (bad, alpha)])
+        with pytest.raises(ValueError, match=match):
+            p.apply()
+        assert not p.applied
+        assert_bit_exact(model, ref)
+        with pytest.raises(ValueError):
+            with Patcher(model, [(good, 1.0), (bad, alpha)]):
+                pass
+        assert_bit_exact(model, ref)
+    with Patcher(model, [good]):
+        assert not torch.equal(model[0].weight, ref["0.weight"])
+    assert_bit_exact(model, ref)
+
+
+def test_a_signature_with_nan_is_refused_where_it_comes_in(tmp_path: Path) -> None:
+    sig = make_sig(1)
+    sig.rws["0.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(SignatureMismatchError, match="'0.weight' holds NaN"):
+        Patcher(std_model(), [sig])
+    path = save_signature(tmp_path / "nan.safetensors", sig)
+    with pytest.raises(SignatureMismatchError, match="nan.safetensors"):
+        Patcher(std_model(), [path])
+
+
+def test_remove_restores_bn_statistics_a_train_forward_changed() -> None:
+    """Every BN layer's statistics (patched or not) and num_batches_tracked come back bit-exactly."""
+    model = std_model()
+    ref = snapshot(model)
+    with Patcher(model, [make_sig(1)]):
+        model.train()
+        model(torch.rand(4, 3, 8, 8))
+        model.eval()
+        assert not torch.equal(model[4].running_mean, ref["4.running_mean"])  # an unpatched layer moved
+    assert_bit_exact(model, ref)
+
+
+def test_a_recalibrate_signature_without_a_source_is_an_error(tmp_path: Path, std_kind: None) -> None:
+    """bn_policy null takes each signature's stored policy; a stored 'recalibrate' without a
+    calibration source used to patch with the standard statistics silently."""
+    from rws.specs import SpecError, build
+
+    sig = make_sig(1, bn_policy="std")
+    sig.bn_policy = "recalibrate"
+    path = save_signature(tmp_path / "fog.safetensors", sig)
+    spec = {"kind": "patch", "base": {"kind": "tiny_std"}, "signatures": [{"path": str(path)}]}
+    with pytest.raises(SpecError, match=r"fog.safetensors was extracted with bn_policy=recalibrate"):
+        build(spec)
+    build({**spec, "bn_policy": "std"})  # an explicit choice is fine
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(SpecError, match=r"signatures\[0\].alpha must be a finite number.*fog.safetensors"):
+            build({**spec, "bn_policy": "std", "signatures": [{"path": str(path), "alpha": bad}]})

@@ -16,6 +16,20 @@ from typing import Any, Iterator
 import torch
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (setting it to read it would
+    briefly change the mode of files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set it to read it, and put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it over ``path``."""
@@ -26,6 +40,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600 whatever the umask; the result gets the mode of any file the user
+        # writes (0666 minus the umask), so exports and results are readable by the group as usual.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

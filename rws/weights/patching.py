@@ -16,12 +16,18 @@ BN running statistics of kept layers follow ``bn_policy``:
 ``num_batches_tracked`` is never touched.
 
 ``Patcher.apply`` backs up only the touched tensors first (shallow layers: a few MB at most; the
-backup buffers are kept and reused across apply/remove cycles), so
-``remove`` copies them back and the model is bit-for-bit the standard model again.
+backup buffers are kept and reused across apply/remove cycles) plus every buffer of the model (BN
+statistics: a training-mode forward while patched updates those of every BN layer), so ``remove``
+copies them back and the model is bit-for-bit the standard model again.
+
+``apply`` is all or nothing: every signature is checked (fit, finite values, α finite and
+representable in the weights' dtype) before anything is touched, and if adding them still fails or
+gives non-finite weights, the model is restored before the error propagates.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -81,7 +87,13 @@ class Patcher:
         self.signatures: list[tuple[Signature, float]] = []
         for item in signatures:
             sig, alpha = item if isinstance(item, tuple) else (item, 1.0)
-            self.signatures.append((_as_signature(sig), float(alpha)))
+            sig = _as_signature(sig)
+            self.signatures.append((sig, float(alpha)))
+        # Once, where the signatures come in (apply may run many times): finite values, and the
+        # largest magnitude of each, which bounds what adding it can do to the weights.
+        self._amax = [_check_finite(sig) for sig, _ in self.signatures]
+        self._buffer_names = [k for k, _ in model.named_buffers()]
+        self._overflow_checked: bool | None = None
         self._saved: dict[str, torch.Tensor] | None = None
         # Backup buffers outlive remove(): re-allocating them on every apply costs page faults that
         # dominate a patch/unpatch cycle (large tensors are mmap'ed fresh each time).
@@ -116,18 +128,59 @@ class Patcher:
                 keys.update(dict.fromkeys(sig.stats))
         return list(keys)
 
-    @torch.no_grad()
-    def apply(self) -> nn.Module:
-        if self.applied:
-            raise RuntimeError("signatures already applied; call remove() first")
-        state = self._live_state()
-        for sig, _ in self.signatures:
+    def check(self, state: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Everything ``apply`` needs, without touching the model: each signature fits, its α is
+        finite and fits the dtype of the weights it scales (its values were checked on loading)."""
+        state = self._live_state() if state is None else state
+        for sig, alpha in self.signatures:
             check_signature_fits(state, sig)
             if self.bn_policy == "robust" and not sig.stats and _stat_keys_of(self.model, sig.rws):
                 raise SignatureMismatchError(
                     f"{sig.name}: bn_policy=robust but the signature carries no BN running statistics "
                     f"(it was extracted with bn_policy={sig.bn_policy!r}); use bn_policy=std or re-extract")
-        self._saved = {k: self._stash(k, state[k]) for k in self.touched_keys()}
+            if not math.isfinite(alpha):
+                raise ValueError(f"{sig.name}: alpha is {alpha}, expected a finite number")
+            for k in list(sig.rws) + list(sig.stats):
+                dtype = state[k].dtype
+                if dtype.is_floating_point and abs(alpha) > torch.finfo(dtype).max:
+                    raise ValueError(f"{sig.name}: alpha {alpha:g} does not fit {dtype} weights "
+                                     f"(largest {torch.finfo(dtype).max:g})")
+
+    @torch.no_grad()
+    def apply(self) -> nn.Module:
+        if self.applied:
+            raise RuntimeError("signatures already applied; call remove() first")
+        state = self._live_state()
+        self.check(state)
+        touched = self.touched_keys()
+        seen = set(touched)
+        buffers = [k for k in self._buffer_names if k in state and k not in seen]
+        self._saved = {k: self._stash(k, state[k]) for k in (*touched, *buffers)}
+        try:
+            self._add(state)
+            bad = [k for k in touched if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())
+                   ] if self._may_overflow(state) else []
+            if bad:
+                names = ", ".join(f"{sig.name} (alpha {alpha:g})" for sig, alpha in self.signatures)
+                raise ValueError(f"patching {names} gives non-finite weights in {bad[0]!r}; use smaller alphas")
+        except BaseException:
+            self.remove()  # all or nothing: the model is the standard model again
+            raise
+        return self.model
+
+    def _may_overflow(self, state: Mapping[str, torch.Tensor]) -> bool:
+        """Whether Σ|α|·max|signature| comes within 1/1000 of the largest value of the weights' dtype;
+        below that, adding cannot make finite weights infinite and the per-tensor check is skipped
+        (it would cost more than the patch itself)."""
+        if self._overflow_checked is not None:
+            return self._overflow_checked
+        reach = sum(abs(alpha) * m for (_, alpha), m in zip(self.signatures, self._amax))
+        dtypes = {state[k].dtype for k in self.touched_keys() if state[k].is_floating_point()}
+        limit = min((torch.finfo(d).max for d in dtypes), default=float("inf")) * 1e-3
+        self._overflow_checked = bool(reach * 2 >= limit)  # x2: the BN mix also scales the std statistics
+        return self._overflow_checked
+
+    def _add(self, state: dict[str, torch.Tensor]) -> None:
         # Σα per stat key, and the robust sum, before touching anything: the mix needs pristine std stats.
         stat_alpha: dict[str, float] = {}
         stat_sum: dict[str, torch.Tensor] = {}
@@ -147,7 +200,6 @@ class Patcher:
             if k.endswith("running_var"):
                 mixed = mixed.clamp_min(0.0)
             state[k].copy_(mixed.to(state[k].dtype))
-        return self.model
 
     @torch.no_grad()
     def remove(self) -> nn.Module:
@@ -177,6 +229,20 @@ class Patcher:
     def __exit__(self, *exc: object) -> None:
         if self.applied:
             self.remove()
+
+
+def _check_finite(sig: Signature) -> float:
+    """The largest |value| of the signature; raises if any value is NaN or inf."""
+    amax = 0.0
+    for k, v in list(sig.rws.items()) + list(sig.stats.items()):
+        if not v.is_floating_point() or v.numel() == 0:
+            continue
+        m = float(v.abs().amax())
+        if not math.isfinite(m):
+            raise SignatureMismatchError(f"{sig.name}: {k!r} holds NaN or inf values; the signature is damaged, "
+                                         f"re-extract it")
+        amax = max(amax, m)
+    return amax
 
 
 def _bn_modules_for(model: nn.Module, keys: Iterable[str]) -> dict[str, nn.modules.batchnorm._BatchNorm]:

@@ -8,6 +8,7 @@ which it then requires. ``bn_mix``: affine (default) or convex (see Patcher).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from torch import nn
@@ -26,8 +27,9 @@ def check_patch(spec: dict[str, Any], where: str) -> None:
         if not isinstance(s, dict) or "path" not in s:
             raise SpecError(f"{where}.signatures[{i}]: missing key 'path': {s!r}")
         alpha = s.get("alpha", 1.0)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-            raise SpecError(f"{where}.signatures[{i}].alpha must be a number, got {alpha!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise SpecError(f"{where}.signatures[{i}].alpha must be a finite number, got {alpha!r} "
+                            f"(signature {s['path']})")
     bn_policy = spec.get("bn_policy")
     if bn_policy is not None and bn_policy not in BN_POLICIES:
         raise SpecError(f"{where}.bn_policy must be null or one of {', '.join(BN_POLICIES)}, got {bn_policy!r}")
@@ -54,6 +56,13 @@ def build_patch(spec: dict[str, Any], ctx: BuildContext) -> nn.Module:
     sigs = [(s["path"], float(s.get("alpha", 1.0))) for s in spec["signatures"]]
     bn_policy = spec.get("bn_policy")
     patcher = Patcher(model, sigs, bn_policy=bn_policy, bn_mix=spec.get("bn_mix", "affine"))
+    if bn_policy is None:  # each signature's stored policy: recalibrate needs the source the spec lacks
+        stored = [sig.name for sig, _ in patcher.signatures if sig.bn_policy == "recalibrate"]
+        if stored:
+            raise SpecError(f"signature {stored[0]} was extracted with bn_policy=recalibrate, but the patch spec "
+                            f"gives no calibration source; set bn_policy: recalibrate with calibration: {{...}} "
+                            f"(e.g. {{split: train, corruption: fog, severity: 5, batches: 10}}), or bn_policy: std "
+                            f"to keep the standard statistics")
     patcher.apply()
     if bn_policy == "recalibrate":
         model.to(ctx.device)  # forward passes on the context's device
