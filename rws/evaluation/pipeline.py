@@ -106,9 +106,8 @@ def evaluate(cfg: DictConfig, build_fn: Callable[..., Any] | None = None,
         baseline_rows = read_results(cfg.baseline_results) if cfg.get("baseline_results") else None
         per_model = summarize(rows, baseline_rows, cfg.get("baseline_model"))
         # In the order the specs were given (rows arrive shard by shard): tables keep this order.
-        order = [specs_mod.spec_id(s) for s in specs]
-        per_model = {sid: per_model[sid] for sid in sorted(per_model, key=lambda k: (k not in order,
-                                                                                     order.index(k) if k in order else 0))}
+        rank = {specs_mod.spec_id(s): i for i, s in enumerate(specs)}
+        per_model = {sid: per_model[sid] for sid in sorted(per_model, key=lambda k: rank.get(k, len(rank)))}
         summary = {"models": per_model,
                    "mce_normalization": (f"baseline {cfg.get('baseline_model') or ''} from {cfg.baseline_results}"
                                          if baseline_rows else "none (mCE_unnormalized = 1 - RA)"),

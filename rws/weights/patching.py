@@ -89,11 +89,15 @@ class Patcher:
             sig, alpha = item if isinstance(item, tuple) else (item, 1.0)
             sig = _as_signature(sig)
             self.signatures.append((sig, float(alpha)))
-        # Once, where the signatures come in (apply may run many times): finite values, and the
-        # largest magnitude of each, which bounds what adding it can do to the weights.
-        self._amax = [_check_finite(sig) for sig, _ in self.signatures]
+        # Once, where the signatures come in (apply may run many times): finite values, and whether
+        # Σ|α|·max|signature| comes within 1/1000 of the largest value of the weights' dtype (x2:
+        # the BN mix also scales the std statistics). Below that, adding cannot make finite weights
+        # infinite and apply skips the per-tensor finiteness pass (it would cost more than the patch).
+        reach = sum(abs(alpha) * _check_finite(sig) for sig, alpha in self.signatures)
+        dtypes = {p.dtype for p in (*model.parameters(), *model.buffers()) if p.is_floating_point()}
+        limit = min((torch.finfo(d).max for d in dtypes), default=float("inf")) * 1e-3
+        self._may_overflow = bool(reach * 2 >= limit)
         self._buffer_names = [k for k, _ in model.named_buffers()]
-        self._overflow_checked: bool | None = None
         self._saved: dict[str, torch.Tensor] | None = None
         # Backup buffers outlive remove(): re-allocating them on every apply costs page faults that
         # dominate a patch/unpatch cycle (large tensors are mmap'ed fresh each time).
@@ -159,7 +163,7 @@ class Patcher:
         try:
             self._add(state)
             bad = [k for k in touched if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())
-                   ] if self._may_overflow(state) else []
+                   ] if self._may_overflow else []
             if bad:
                 names = ", ".join(f"{sig.name} (alpha {alpha:g})" for sig, alpha in self.signatures)
                 raise ValueError(f"patching {names} gives non-finite weights in {bad[0]!r}; use smaller alphas")
@@ -167,18 +171,6 @@ class Patcher:
             self.remove()  # all or nothing: the model is the standard model again
             raise
         return self.model
-
-    def _may_overflow(self, state: Mapping[str, torch.Tensor]) -> bool:
-        """Whether Σ|α|·max|signature| comes within 1/1000 of the largest value of the weights' dtype;
-        below that, adding cannot make finite weights infinite and the per-tensor check is skipped
-        (it would cost more than the patch itself)."""
-        if self._overflow_checked is not None:
-            return self._overflow_checked
-        reach = sum(abs(alpha) * m for (_, alpha), m in zip(self.signatures, self._amax))
-        dtypes = {state[k].dtype for k in self.touched_keys() if state[k].is_floating_point()}
-        limit = min((torch.finfo(d).max for d in dtypes), default=float("inf")) * 1e-3
-        self._overflow_checked = bool(reach * 2 >= limit)  # x2: the BN mix also scales the std statistics
-        return self._overflow_checked
 
     def _add(self, state: dict[str, torch.Tensor]) -> None:
         # Σα per stat key, and the robust sum, before touching anything: the mix needs pristine std stats.
