@@ -51,6 +51,35 @@ def accuracy_result(cell: Cell, correct: torch.Tensor) -> CellResult:
     return CellResult(cell, correct, [row])
 
 
+def routing_rows(cell: Cell, choices: torch.Tensor, heads: tuple[str, ...], shifted: bool) -> list[dict[str, Any]]:
+    """Rows of a head-selecting model (a distillation student): ``head_frac:<head>`` for every head,
+    the fraction of examples it answered, and ``f_correct``, the fraction sent to the right head
+    (``clean`` on clean data, ``unclean`` on shifted data; the supplement's F_correct). A
+    ``combined`` head counts as neither."""
+    n = int(choices.numel())
+    base = {"suite": cell.suite, "condition": cell.condition, "level": cell.level, "n": n}
+    rows = [{**base, "metric": f"head_frac:{h}", "value": int((choices == j).sum()) / n} for j, h in enumerate(heads)]
+    right = "unclean" if shifted else "clean"
+    if "clean" in heads and "unclean" in heads:
+        rows.append({**base, "metric": "f_correct", "value": int((choices == heads.index(right)).sum()) / n})
+    return rows
+
+
+def measured_accuracy(cell: Cell, model: nn.Module, batches: Iterable[Batch], device: torch.device,
+                      transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                      shifted: bool = False) -> CellResult:
+    """``accuracy_result`` of ``correct_mask``; a head-selecting model also gets its routing rows
+    (``shifted``: the cell's data is a distribution shift, so the right head is ``unclean``)."""
+    from rws.models.contracts import recording_choices
+
+    with recording_choices(model) as choices:
+        correct = correct_mask(model, batches, device, transform)
+    result = accuracy_result(cell, correct)
+    if choices:
+        result.rows += routing_rows(cell, torch.cat(choices), tuple(model.candidate_heads), shifted)
+    return result
+
+
 def settings_hash(settings: Mapping[str, Any]) -> str:
     """12 hex chars of sha1 over the settings as sorted JSON: the ``settings`` column of a row."""
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)

@@ -119,7 +119,8 @@ class ClassifierModule(pl.LightningModule):
         self._eval_step(batch, self.test_acc, "test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.model.parameters(), self.hparams["optim"])
+        # Frozen parameters (a distillation student's trunk) are left out of the optimizer.
+        optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.hparams["optim"])
         sched_cfg = self.hparams["sched"]
         if str(sched_cfg.get("name", "none")).lower() == "none" and not sched_cfg.get("warmup_epochs"):
             return optimizer

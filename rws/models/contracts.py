@@ -196,6 +196,18 @@ def forward_heads(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return owner.forward_heads((x - model.mean) / model.std)  # the arithmetic of Normalized.forward
 
 
+def head_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The shared features every head reads (pixels ``x`` in [0, 1]), for a model whose heads
+    declare ``features`` / ``heads_from_features`` (multi-head students)."""
+    from rws.models.normalize import Normalized
+
+    owner = _head_owner(model)
+    if owner is model:
+        return owner.features(x)
+    assert isinstance(model, Normalized)
+    return owner.features((x - model.mean) / model.std)
+
+
 class _PassesModes(nn.Module):
     """A wrapper around ``self.model`` that keeps the model's modes (a head choice of an adapter model)."""
 
@@ -235,12 +247,26 @@ SelectionRule = Callable[..., torch.Tensor]
 _RULES: dict[str, SelectionRule] = {}
 
 
-def register_selection_rule(name: str, rule: SelectionRule) -> SelectionRule:
-    """Add a head-selection rule under ``name`` (returns it). A second rule under a taken name is an error."""
+# calibrate(probs, heads, **options) -> options: fills a rule's data-dependent options (thresholds,
+# reference scales) from the stochastic passes ``probs`` (S, H, N, C) over calibration examples.
+Calibration = Callable[..., dict[str, Any]]
+_CALIBRATIONS: dict[str, Calibration] = {}
+
+
+def register_selection_rule(name: str, rule: SelectionRule, calibrate: Calibration | None = None) -> SelectionRule:
+    """Add a head-selection rule under ``name`` (returns it), with an optional ``calibrate`` that
+    sets its data-dependent options. A second rule under a taken name is an error."""
     if name in _RULES and _RULES[name] is not rule:
         raise ValueError(f"selection rule {name!r} is already registered ({_RULES[name].__module__})")
     _RULES[name] = rule
+    if calibrate is not None:
+        _CALIBRATIONS[name] = calibrate
     return rule
+
+
+def rule_calibration(name: str) -> Calibration | None:
+    """The rule's calibration function, None when it has no data-dependent options."""
+    return _CALIBRATIONS.get(name)
 
 
 def selection_rule_names() -> tuple[str, ...]:
@@ -286,7 +312,7 @@ class HeadSelection(_PassesModes):
     """
 
     def __init__(self, model: nn.Module, rule: str = "max_confidence", samples: int = 1, seed: int = 0,
-                 **rule_options: Any) -> None:
+                 share_trunk: bool = True, **rule_options: Any) -> None:
         super().__init__()
         self.candidate_heads = head_names(_head_owner(model))
         self.rule_name = str(rule)
@@ -304,6 +330,8 @@ class HeadSelection(_PassesModes):
         if self.rule is fixed:
             check_head(rule_options["head"], self.candidate_heads, "select.head")
         self.samples, self.seed, self.rule_options = samples, seed, dict(rule_options)
+        self.share_trunk = bool(share_trunk)
+        self._recorded: list[torch.Tensor] | None = None
         self.model = model
 
     def head_probabilities(self, x: torch.Tensor) -> torch.Tensor:
@@ -311,6 +339,7 @@ class HeadSelection(_PassesModes):
         devices = ([x.device.index if x.device.index is not None else torch.cuda.current_device()]
                    if x.device.type == "cuda" else [])
         flags = module_modes(self.model)
+        owner = _head_owner(self.model)
         with torch.random.fork_rng(devices=devices):
             torch.default_generator.manual_seed(self.seed)
             if devices:
@@ -318,21 +347,55 @@ class HeadSelection(_PassesModes):
                     torch.cuda.manual_seed(self.seed)
             try:
                 if self.samples > 1:
-                    for m in self.model.modules():
-                        if isinstance(m, DROPOUT_LAYERS):
-                            m.train()
+                    # A model that names its MC-dropout layers (a student: the heads' dropout) gets
+                    # only those switched on; otherwise every dropout layer.
+                    layers = (owner.mc_dropout_layers() if hasattr(owner, "mc_dropout_layers")
+                              else [m for m in self.model.modules() if isinstance(m, DROPOUT_LAYERS)])
+                    for m in layers:
+                        m.train()
                 passes = []
-                for _ in range(self.samples):
-                    logits = forward_heads(self.model, x)
-                    passes.append(torch.stack([logits[h].softmax(-1) for h in self.candidate_heads]))
+                if self.trunk_once:
+                    # The trunk has no active dropout: run it once and only the heads per sample.
+                    # Same RNG draws in the same order as full passes, so the outputs are identical.
+                    f = head_features(self.model, x)
+                    for _ in range(self.samples):
+                        logits = owner.heads_from_features(f, self.candidate_heads)
+                        passes.append(torch.stack([logits[h].softmax(-1) for h in self.candidate_heads]))
+                else:
+                    for _ in range(self.samples):
+                        logits = forward_heads(self.model, x)
+                        passes.append(torch.stack([logits[h].softmax(-1) for h in self.candidate_heads]))
             finally:
                 restore_modes(self.model, flags)
         return torch.stack(passes)
+
+    @property
+    def trunk_once(self) -> bool:
+        """Whether the passes share one trunk forward (the model splits into features + heads)."""
+        owner = _head_owner(self.model)
+        return self.share_trunk and hasattr(owner, "features") and hasattr(owner, "heads_from_features")
+
+    @torch.no_grad()
+    def calibrate(self, batches: Any) -> dict[str, Any]:
+        """Set the rule's data-dependent options from clean calibration ``batches`` of (x, y) (for
+        ``mc_dropout_kl``: reference scales and thresholds). Returns the options it set."""
+        fn = rule_calibration(self.rule_name)
+        if fn is None:
+            return {}
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        probs = [self.head_probabilities(x.to(device)) for x, _ in batches]
+        if not probs:
+            raise ValueError("head-selection calibration got no batches")
+        update = fn(torch.cat(probs, dim=2), self.candidate_heads, **self.rule_options)
+        self.rule_options.update(update)
+        return update
 
     def choose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log mean probabilities of the chosen head (B, classes), chosen head index (B,) into ``candidate_heads``)."""
         probs = self.head_probabilities(x)
         choice = self.rule(probs, self.candidate_heads, **self.rule_options)
+        if self._recorded is not None:
+            self._recorded.append(choice.detach().cpu())
         chosen = probs.mean(0)[choice, torch.arange(probs.shape[2], device=probs.device)]
         return chosen.clamp_min(torch.finfo(chosen.dtype).tiny).log(), choice
 
@@ -342,3 +405,17 @@ class HeadSelection(_PassesModes):
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.rule_options.items())
         return f"rule={self.rule_name!r}, samples={self.samples}, seed={self.seed}{opts}"
+
+
+@contextmanager
+def recording_choices(model: nn.Module) -> Iterator[list[torch.Tensor] | None]:
+    """Inside the block, a ``HeadSelection`` appends the (B,) head index it chose for every batch to
+    the yielded list (in forward order); any other model yields None."""
+    if not isinstance(model, HeadSelection):
+        yield None
+        return
+    previous, model._recorded = model._recorded, []
+    try:
+        yield model._recorded
+    finally:
+        model._recorded = previous

@@ -35,7 +35,8 @@ def _check_no_normalization(name: str, mean: Sequence[float], std: Sequence[floa
 
 def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_MEAN,
                  std: Sequence[float] = DEFAULT_STD, width: float = 1.0, pretrained: bool = False,
-                 drop_rate: float = 0.0, adapter: str | None = None, **kwargs: Any) -> Normalized:
+                 drop_rate: float = 0.0, adapter: str | None = None, heads: dict | None = None,
+                 **kwargs: Any) -> Normalized:
     """Build classifier ``name`` wrapped in :class:`Normalized` (input pixels in [0, 1]).
 
     ``name`` is one of ``rws.models.list_models()`` or ``<family>/<name>`` for a registered family
@@ -48,6 +49,10 @@ def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_ME
     ``adapter`` (one of ``rws.models.adapters.ADAPTER_KINDS``) converts the built network into a
     ``DualModeNetwork`` with the modes clean/robust (``model.net`` is then that wrapper and
     ``model.net.net`` the architecture); None builds the plain model.
+
+    ``heads`` (``{names, default, tuned_stages | tuned_fraction, head_fraction, dropout}``, see
+    ``rws.models.multihead``) cuts the network into a frozen trunk and per-head copies of its last
+    stages: a multi-head distillation student (``model.net`` is then a ``MultiHeadStudent``).
     """
     num_classes = int(num_classes)
     if num_classes < 1:
@@ -61,6 +66,12 @@ def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_ME
         from rws.models.adapters import check_adapter_kind
 
         check_adapter_kind(adapter)  # before building anything
+        if heads is not None:
+            raise ValueError("model.adapter and model.heads cannot be combined (one wrapper per network)")
+    if heads is not None:
+        from rws.models.multihead import heads_options
+
+        heads_options(heads)  # before building anything
 
     entry, arch = lookup(name)
     if not entry.width:
@@ -85,4 +96,8 @@ def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_ME
         # The name tag stays on the architecture; layer_groups sees the wrapper as a module of unknown
         # class and groups its keys with the generic fallback.
         net = apply_adapter(net, adapter)
+    if heads is not None:
+        from rws.models.multihead import MultiHeadStudent
+
+        net = MultiHeadStudent(net, heads)
     return Normalized(net, mean=mean, std=std)

@@ -4,7 +4,8 @@ so a result row alone rebuilds its model.
     calibration: {data: cifar10_jpeg, overrides: [data.subset_per_class=20],   # optional
                   split: train, corruptions: [fog, snow], severity: 5, batches: 10, batch_size: 128, seed: 0}
 
-Batches are the datamodule's un-augmented training batches (``calibration_batches``), each
+Batches are the datamodule's un-augmented training batches (``calibration_batches``; ``split: val``:
+the first batches of the held-out validation split, for head-selection thresholds), each
 optionally corrupted: batch i with ``corruptions[i % len(corruptions)]``, all draws from ONE
 generator seeded with ``seed`` (the stream the RWS CPU pipeline used for its recalibrated rows).
 """
@@ -19,7 +20,7 @@ import torch
 from rws.specs.registry import SpecError
 
 SOURCE_KEYS = ("data", "overrides", "split", "corruption", "corruptions", "severity", "batches", "batch_size", "seed")
-SPLITS = ("train",)
+SPLITS = ("train", "val")
 DEFAULT_SEVERITY = 5
 # The seed the RWS CPU pipeline hard-coded before the seed was a source key: its stored specs name
 # no seed, and must rebuild the same model.
@@ -48,8 +49,8 @@ class CalibrationSource:
             raise SpecError(f"{where}: unknown calibration key(s) {unknown}; keys: {', '.join(SOURCE_KEYS)}")
         split = source.get("split", "train")
         if split not in SPLITS:
-            raise SpecError(f"{where}.split: only 'train' is supported (un-augmented training batches), "
-                            f"got {split!r}")
+            raise SpecError(f"{where}.split must be 'train' (un-augmented training batches) or 'val' (the "
+                            f"held-out validation split, in order), got {split!r}")
         if "batches" not in source:
             raise SpecError(f"{where}: missing key 'batches' (how many calibration batches)")
         batches = _positive_int(source["batches"], f"{where}.batches")
@@ -72,7 +73,10 @@ def check_source(source: Any, where: str) -> None:
 
 def calibration_stream(dm: Any, source: CalibrationSource) -> Iterator[tuple[torch.Tensor, Any]]:
     """(x, y) calibration batches of ``dm`` as ``source`` describes them."""
-    batches = dm.calibration_batches(source.batches, source.batch_size or dm.batch_size)
+    if source.split == "val":
+        batches = _val_batches(dm, source.batches, source.batch_size)
+    else:
+        batches = dm.calibration_batches(source.batches, source.batch_size or dm.batch_size)
     if not source.corruptions:
         yield from batches
         return
@@ -82,6 +86,27 @@ def calibration_stream(dm: Any, source: CalibrationSource) -> Iterator[tuple[tor
     gen = torch.Generator().manual_seed(source.seed)  # one generator for the whole stream
     for i, (x, y) in enumerate(batches):
         yield corrupt(x, cs[i % len(cs)], source.severity, table=dm.corruption_table, generator=gen), y
+
+
+def _val_batches(dm: Any, n_batches: int, batch_size: int | None) -> Iterator[tuple[torch.Tensor, Any]]:
+    """The first ``n_batches`` of the validation split (not shuffled), re-batched to ``batch_size``."""
+    loader = dm.val_dataloader()
+    if not loader:
+        raise SpecError("calibration split 'val': the datamodule has no validation split (val_size=0)")
+    xs, ys, seen = [], [], 0
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        seen += len(y)
+        size = batch_size or len(y)
+        if seen >= n_batches * size:
+            break
+    x_all, y_all = torch.cat(xs), torch.cat(ys)
+    size = batch_size or len(ys[0])
+    for i in range(n_batches):
+        if i * size >= len(y_all):
+            return
+        yield x_all[i * size:(i + 1) * size], y_all[i * size:(i + 1) * size]
 
 
 def compose_datamodule(data: str, overrides: tuple[str, ...] = ()) -> Any:

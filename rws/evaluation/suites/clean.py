@@ -7,7 +7,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from rws.evaluation.cells import Cell, CellResult, accuracy_result, correct_mask
+from rws.evaluation.cells import Cell, CellResult, measured_accuracy
 from rws.evaluation.sources import DataSource
 from rws.evaluation.suites import Suite, register
 
@@ -22,4 +22,4 @@ class CleanSuite(Suite):
 
     def run(self, model: nn.Module, cell: Cell, source: DataSource, device: torch.device,
             deps: Mapping[Cell, torch.Tensor]) -> CellResult:
-        return accuracy_result(cell, correct_mask(model, source.batches(), device))
+        return measured_accuracy(cell, model, source.batches(), device)

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from rws.evaluation.cells import Cell, CellResult, accuracy_result, correct_mask
+from rws.evaluation.cells import Cell, CellResult, measured_accuracy
 from rws.evaluation.sources import DataSource
 from rws.evaluation.suites import Suite, register
 from rws.evaluation.suites.corruptions import corruption_cells
@@ -41,4 +41,4 @@ class CorruptionArraysSuite(Suite):
 
         x, y = CorruptedArrays(self.root).load(cell.condition, int(cell.level), limit=source.aligned_examples())
         batches = source.select(x, y, int(self.config.get("batch_size") or 256))
-        return accuracy_result(cell, correct_mask(model, batches, device))
+        return measured_accuracy(cell, model, batches, device, shifted=True)

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from rws.evaluation.cells import Cell, CellResult, accuracy_result, correct_mask
+from rws.evaluation.cells import Cell, CellResult, measured_accuracy
 from rws.evaluation.sources import DataSource
 from rws.evaluation.suites import Suite, register
 
@@ -49,4 +49,4 @@ class CorruptionSuite(Suite):
             deps: Mapping[Cell, torch.Tensor]) -> CellResult:
         batches = source.corrupted_batches(cell.condition, int(cell.level), self.seed, self._table(source), device,
                                            self.corrupt_fn)
-        return accuracy_result(cell, correct_mask(model, batches, device))
+        return measured_accuracy(cell, model, batches, device, shifted=True)

@@ -1,6 +1,8 @@
 """``{kind: heads, base: <spec>, head: clean}`` (one head, ``HeadView``) or
 ``{kind: heads, base: <spec>, select: {rule: max_confidence, samples: 10, seed: 0, ...}}``
 (a selection rule per example, ``HeadSelection``; the rule's own options sit beside ``rule``).
+``select.calibration`` (a calibration source, e.g. ``{split: val, batches: 4}``) sets a rule's
+data-dependent options (``mc_dropout_kl``: thresholds and scales) from clean data at build time.
 
 The result is a wrapper module (its state-dict keys gain a ``model.`` prefix), so put this kind
 outermost: weight arithmetic (patch, soup) goes into its base.
@@ -32,6 +34,10 @@ def check_heads_spec(spec: dict[str, Any], where: str) -> None:
     if select["rule"] not in selection_rule_names():
         raise SpecError(f"{where}.select.rule: unknown rule {select['rule']!r}; rules: "
                         f"{', '.join(selection_rule_names())}")
+    if select.get("calibration") is not None:
+        from rws.specs.calibration import check_source
+
+        check_source(select["calibration"], f"{where}.select.calibration")
     for key in ("samples", "seed"):
         v = select.get(key, 1 if key == "samples" else 0)
         if isinstance(v, bool) or not isinstance(v, int) or (key == "samples" and v < 1):
@@ -54,8 +60,14 @@ def build_heads(spec: dict[str, Any], ctx: BuildContext) -> nn.Module:
         if spec.get("head") is not None:
             return HeadView(model, spec["head"])
         options = dict(spec["select"])
-        return HeadSelection(model, rule=options.pop("rule"), samples=options.pop("samples", 1),
-                             seed=options.pop("seed", 0), **options)
+        calibration = options.pop("calibration", None)
+        selection = HeadSelection(model, rule=options.pop("rule"), samples=options.pop("samples", 1),
+                                  seed=options.pop("seed", 0), **options)
+        if calibration is not None:
+            # Thresholds and scales from clean held-out data, described in the spec so a result row
+            # rebuilds the same selection.
+            selection.calibrate(ctx.calibration_batches(calibration))
+        return selection
     except ValueError as e:
         raise SpecError(f"heads spec on {base!r} (heads: {', '.join(head_names(model))}): {e}") from None
 
