@@ -5,11 +5,15 @@ RA   mean corruption accuracy over every (corruption, severity) cell evaluated.
 mCE  Hendrycks & Dietterich: CE_c = sum_s E^f_{s,c} / sum_s E^base_{s,c}, averaged over c, when a
      baseline model's results are given; otherwise the unnormalized mean corruption error
      1 - RA, reported as ``mCE_unnormalized`` so the two are never confused.
+FP   flip probability over perturbation sequences (Hendrycks & Dietterich, ImageNet-P): noise
+     sequences compare every frame with the first, the others consecutive frames.
+mFR  mean over perturbations of FP / FP_baseline with a baseline model; otherwise the plain mean
+     of FP, reported as "mFR (unnormalised)".
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -90,7 +94,48 @@ def flip_rate(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 def sequence_flip_rate(preds: torch.Tensor) -> float:
     """Flip probability over perturbation sequences: preds (T, N) are predictions for frames of N
-    sequences; the mean over t of P(pred_t != pred_{t-1})."""
+    sequences; the mean over t of P(pred_t != pred_{t-1}). This is the non-noise, stride-1 case
+    of ``flip_probability`` (which takes (N, T) and also the noise rule)."""
     if preds.ndim != 2 or preds.shape[0] < 2:
         raise ValueError(f"expected (T>=2, N) predictions, got {tuple(preds.shape)}")
     return float((preds[1:] != preds[:-1]).float().mean())
+
+
+def flip_indicators(preds: Any, noise: bool, step: int = 1) -> torch.Tensor:
+    """Bool (N, C): the comparisons the flip probability counts, for predictions ``preds`` (N, T) on
+    N sequences of T frames. Noise sequences: frame j against the first frame, j = 1..T-1 (C = T - 1;
+    ``step`` is ignored, as in the reference). Others: frame j against frame j - step, j = step..T-1
+    (C = T - step); ``step`` is the reference's difficulty (``step_size`` in ImageNet-P/test.py)."""
+    p = torch.as_tensor(preds)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"expected (N, T>=2) predictions, got {tuple(p.shape)}")
+    if noise:
+        return p[:, 1:] != p[:, :1]
+    step = int(step)
+    if step < 1 or step >= p.shape[1]:
+        raise ValueError(f"step must be in 1..T-1 = 1..{p.shape[1] - 1}, got {step}")
+    return p[:, step:] != p[:, :-step]
+
+
+def flip_probability(preds: Any, noise: bool, step: int = 1) -> float:
+    """FP: flips / comparisons over N sequences (preds (N, T) int), see ``flip_indicators``.
+
+    The reference averages per sequence, then over sequences; every sequence has the same number of
+    comparisons, so that equals the overall fraction computed here."""
+    return float(flip_indicators(preds, noise, step).float().mean())
+
+
+def mean_flip_rate(fp: Mapping[str, float], baseline: Mapping[str, float] | None = None) -> float:
+    """mFR: the mean over perturbations p of FP_p / FP^baseline_p (the paper's baseline is AlexNet),
+    or, without a baseline, the unnormalised mean of FP_p (report it as "mFR (unnormalised)")."""
+    if not fp:
+        raise ValueError("no flip probabilities to average")
+    if not baseline:
+        return float(sum(fp.values()) / len(fp))
+    missing = [p for p in fp if p not in baseline]
+    if missing:
+        raise ValueError(f"baseline has no flip probability for {missing}")
+    zero = [p for p in fp if baseline[p] <= 0]
+    if zero:
+        raise ValueError(f"baseline flip probability is zero for {zero}; the flip rate is undefined")
+    return float(sum(fp[p] / baseline[p] for p in fp) / len(fp))

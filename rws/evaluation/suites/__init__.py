@@ -4,6 +4,7 @@
     corruptions        19 corruptions x severities, on the fly          <corruption>/severity
     corruption_arrays  CIFAR-10-C style .npy arrays (root)              <corruption>/severity (suite "corruptions")
     adversarial        APGD per threat, their union, clean              <norm>/eps, union/"", clean/""
+    perturbations      flip probability on perturbation sequences       <perturbation>/difficulty
 
 A suite is built from its options (a plain dict: ``name`` plus the suite's own keys, ``seed``,
 ``n``), lists its cells for a data source, names the settings that change a cell's value, may
@@ -12,7 +13,7 @@ one cell on a model, returning a ``CellResult`` (per-example correctness + long-
 Which examples, how they are batched and how corruption noise is seeded is the data source's job
 (``rws.evaluation.sources``), so the same suite serves evaluate.py and sweep.py.
 
-A new suite (perturbation sequences, distribution-shift folders) is one more module here with
+A new suite (e.g. distribution-shift folders) is one more module here with
 ``@register`` on its class; see docs/evaluation.md ("Adding a suite").
 """
 
@@ -105,3 +106,4 @@ from rws.evaluation.suites import clean  # noqa: E402,F401,I001
 from rws.evaluation.suites import corruptions  # noqa: E402,F401
 from rws.evaluation.suites import corruption_arrays  # noqa: E402,F401
 from rws.evaluation.suites import adversarial  # noqa: E402,F401
+from rws.evaluation.suites import perturbations  # noqa: E402,F401
