@@ -274,12 +274,52 @@ def test_robust_and_union_correct(trained) -> None:
     assert big.float().mean() < 0.2
 
 
-def test_l1_apgd_close_to_pyautoattack(trained) -> None:
-    """Our training l1-APGD should be about as strong as the official one at equal budget."""
+@pytest.fixture(scope="module")
+def digits_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """small_cnn (width 0.25) trained for 3 epochs on the embedded digits (~98 % test accuracy), and
+    the first 200 test images it classifies correctly: a real image model where l1 eps 6 leaves
+    robust accuracy well between 0 and 1, so a weaker attack schedule shows."""
+    from rws.data.digits import digits_splits
+    from rws.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", num_classes=10, width=0.25)
+    x, y = digits_splits(32)["train"]
+    x = x.float() / 255
+    opt = torch.optim.Adam(model.parameters(), 3e-3, foreach=False)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for idx in torch.randperm(len(y), generator=g).split(64):
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    xt, yt = digits_splits(32)["test"]
+    xt = xt.float() / 255
+    with torch.no_grad():
+        ok = model(xt).argmax(1) == yt
+    assert ok.float().mean() > 0.9
+    return model, xt[ok][:200], yt[ok][:200]
+
+
+@pytest.mark.parametrize("steps", [10, 20])
+def test_l1_apgd_as_strong_as_autoattack(digits_cnn, steps: int) -> None:
+    """Our training l1-APGD follows AutoAttack's APGD-L1 (check every max(0.04 N, 1) iterations, k and
+    step size from the best point's sparsity), so at the same small budget, loss, single restart and
+    seed (the same Gaussian start) its robust accuracy is within 2 points of the official one. The old
+    l_inf-style checkpoint schedule was 20+ points weaker here."""
     from pyautoattack.autopgd_base import APGDAttack
 
-    model, x, y = trained
-    eps = 3.0
-    ours = L1APGD({"norm": "l1", "eps": eps}, steps=40, generator=torch.Generator().manual_seed(0))(model, x, y)
-    ref = APGDAttack(model, n_iter=40, norm="L1", eps=eps, loss="ce", device=x.device).perturb(x, y)
-    assert accuracy(model, ours, y) <= accuracy(model, ref, y) + 0.05
+    model, x, y = digits_cnn  # all classified correctly: clean accuracy 1
+    eps = 6.0
+    ours = L1APGD({"norm": "l1", "eps": eps}, steps=steps, generator=torch.Generator().manual_seed(0))(model, x, y)
+    assert ((ours - x).flatten(1).abs().sum(1) <= eps * (1 + 1e-6)).all()
+    with torch.random.fork_rng(devices=[]):  # AutoAttack reseeds the global RNG
+        ref = APGDAttack(model, n_iter=steps, norm="L1", eps=eps, loss="ce", n_restarts=1, seed=0,
+                         device=x.device).perturb(x, y)
+    ra_ours, ra_ref = accuracy(model, ours, y), accuracy(model, ref, y)
+    assert 0.05 < ra_ref < 0.95, ra_ref  # the comparison means something only between the extremes
+    assert ra_ours < accuracy(model, x, y) == 1.0
+    assert abs(ra_ours - ra_ref) <= 0.02, (steps, ra_ours, ra_ref)

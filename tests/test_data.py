@@ -182,6 +182,63 @@ def test_cifar_pickles(tmp_path: Path, num_classes: int) -> None:
         assert dm.classes == CIFAR10_CLASSES
 
 
+class _RunsCommand:
+    """Unpickling this calls os.system (what a tampered CIFAR file could do)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+class _Evals:
+    def __reduce__(self):
+        return (eval, ("__import__('os').getcwd()",))
+
+
+@pytest.mark.parametrize("payload", ["os.system", "eval", "toplevel"])
+def test_cifar_refuses_a_malicious_pickle(tmp_path: Path, payload: str) -> None:
+    root = _cifar(tmp_path, 10)
+    bad = root / "cifar-10-batches-py" / "data_batch_3"
+    marker = tmp_path / "pwned"
+    evil = _RunsCommand(f"touch {marker}") if payload != "eval" else _Evals()
+    obj = evil if payload == "toplevel" else {"data": evil, "labels": [0]}
+    bad.write_bytes(pickle.dumps(obj))
+    dm = CIFARDataModule(root=root, name="cifar10", num_classes=10, val_size=10, seed=0)
+    with pytest.raises(pickle.UnpicklingError) as e:
+        dm.setup()
+    msg = str(e.value)
+    assert str(bad) in msg and "refused" in msg
+    assert ("eval" if payload == "eval" else "system") in msg
+    assert not marker.exists(), "the payload ran"
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_cifar_pickle_protocols_load(tmp_path: Path, protocol: int) -> None:
+    """Well-formed batches load at any protocol (numpy arrays go through _reconstruct, _frombuffer or
+    _codecs.encode depending on it); a truncated file or a non-dict is refused naming the file."""
+    from rws.data.cifar import read_cifar
+
+    root = _cifar(tmp_path, 10)
+    d = root / "cifar-10-batches-py"
+    data = np.arange(4 * 3072, dtype=np.int64).reshape(4, 3072).astype(np.uint8)
+    batch = {"batch_label": "testing batch 1 of 1", "data": data, "labels": [3, 1, 4, 1],
+             "filenames": [b"a.png", b"b.png", b"c.png", b"d.png"]}
+    (d / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+    x, y, names = read_cifar(root, 10, train=False)
+    assert torch.equal(x, torch.from_numpy(data.reshape(4, 3, 32, 32))) and y.tolist() == [3, 1, 4, 1]
+    assert names == CIFAR10_CLASSES
+    (d / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol)[:-20])
+    with pytest.raises(pickle.UnpicklingError, match="test_batch"):
+        read_cifar(root, 10, train=False)
+    (d / "test_batch").write_bytes(pickle.dumps([data], protocol=protocol))
+    with pytest.raises(pickle.UnpicklingError, match="test_batch: a CIFAR python pickle holds a dict"):
+        read_cifar(root, 10, train=False)
+
+
 def test_cifar_missing_says_how_to_get_it(tmp_path: Path) -> None:
     dm = CIFARDataModule(root=tmp_path / "nowhere", num_classes=10)
     with pytest.raises(DatasetNotFoundError) as e:

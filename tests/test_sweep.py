@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rws.evaluation.results import read_results
-from rws.evaluation.selection import best_specs, few_shot_study
+from rws.evaluation.selection import base_image_groups, best_specs, few_shot_splits, few_shot_study
 from rws.evaluation.suites.clean import CleanSuite
 from rws.evaluation.suites.corruptions import CorruptionSuite
 from rws.stages.sweep import run_sweep
@@ -80,6 +80,19 @@ def test_targets_use_the_engine_vocabulary():
         parse_targets([{"name": "a", "suite": "adversarial"}])
     with pytest.raises(ValueError, match="suite must be one of"):
         parse_targets([{"name": "a", "suite": "bogus"}])
+
+
+def test_member_names_of_the_wrong_length_is_a_config_error(tmp_path, measured):
+    """A shorter member_names list used to drop the unnamed members from best.md silently."""
+    members = _exports(tmp_path, 3)
+    x, y = _data()
+    out = tmp_path / "names"
+    for names in (["a", "b"], ["a", "b", "c", "d"], []):
+        with pytest.raises(ValueError, match=rf"member_names has {len(names)} names for 3 members; give exactly 3"):
+            run_sweep(_cfg(members, out, member_names=names), x=x, y=y, **QUIET)
+    assert measured == [] and not out.exists()  # refused before anything was evaluated or written
+    best = run_sweep(_cfg(members, out, member_names=["a", "b", "c"]), x=x, y=y, figures=False, **QUIET)
+    assert best["member_names"] == ["a", "b", "c"]
 
 
 def test_sweep_outputs_and_resume(tmp_path, measured):
@@ -191,11 +204,13 @@ def test_spec_list_sweep_few_shot_and_tables(tmp_path):
     out = tmp_path / "list"
     cfg = {"specs": members, "out": str(out), "seed": 0, "progress": False,
            "targets": [{"name": "clean", "suite": "clean", "k": 40},
-                       {"name": "fog", "suite": "corruptions", "corruptions": ["fog"], "severities": [3], "k": 40}]}
+                       {"name": "fog", "suite": "corruptions", "corruptions": ["fog"], "severities": [2, 3], "k": 40}]}
     best = run_sweep(cfg, x=x, y=y, **QUIET)
     assert "weights" not in best["single"]
     few = json.loads((out / "few_shot.json").read_text())
     assert few["clean"]["n_soups"] == 3 and few["clean"]["n_examples"] == 40 and few["clean"]["k"]["10"]["trials"] == 50
+    # Two conditions x the same 40 images: the study splits by base image (half of the 40 held out).
+    assert few["fog"]["n_examples"] == 80 and few["fog"]["n_images"] == 40 and few["fog"]["n_test"] == 40
     assert "| m0 |" in (out / "best.md").read_text()
     table = summary_table(read_results(out))
     assert [r["model"] for r in table] == ["m0", "m1", "m2"]
@@ -213,6 +228,65 @@ def test_selection_and_few_shot_shapes():
     assert set(study["k"]) == {"10", "30", "100", "300", "500"}
     assert study["k"]["500"]["trials"] == 5 and study["n_test"] == 500
     assert study["k"]["500"]["mean"] >= study["k"]["10"]["mean"] - 0.05
+
+
+def test_best_specs_breaks_exact_ties_at_random_seeded():
+    # Specs 0, 2 and 3 tie on t1; 0 is first in sweep order and used to win every time.
+    scores = torch.tensor([[0.9, 0.1], [0.5, 0.2], [0.9, 0.3], [0.9, 0.4]], dtype=torch.float64)
+    picks = [best_specs(scores, ["a", "b", "c", "d"], ["t1", "t2"], seed=s)["per_target"]["t1"] for s in range(40)]
+    assert {p["spec_id"] for p in picks} == {"a", "c", "d"}
+    assert all(p["n_tied"] == 3 and p["score"] == 0.9 for p in picks)
+    again = best_specs(scores, ["a", "b", "c", "d"], ["t1", "t2"], seed=7)
+    assert again["per_target"]["t1"]["spec_id"] == picks[7]["spec_id"]
+    assert again["per_target"]["t2"] == {**again["per_target"]["t2"], "spec_id": "d", "n_tied": 1}
+
+
+def test_few_shot_ties_score_the_mean_of_the_tied_specs():
+    """Many specs right on all k = 10 selection examples; the first in order is the worst (an extreme
+    soup first in grid order). Random tie-breaking scores, in expectation, the mean held-out accuracy
+    over the tied specs of each trial; "first in order" scores the bad spec whenever it is tied."""
+    g = torch.Generator().manual_seed(0)
+    s, n, trials = 40, 600, 400
+    p = torch.full((s,), 0.99)
+    p[0] = 0.90
+    correct = torch.rand(s, n, generator=g) < p[:, None]
+    study = few_shot_study(correct, ks=(10,), trials=trials, n_test=300, seed=0)
+    expected, first, n_tied = [], [], []
+    for test, picks in few_shot_splits(n, (10,), trials, 300, seed=0):
+        acc = correct[:, test].double().mean(1)
+        hits = correct[:, picks[10]].sum(1)
+        tied = (hits == hits.max()).nonzero().squeeze(1)
+        expected.append(float(acc[tied].mean()))  # exact expectation over the random tie-break
+        first.append(float(acc[tied[0]]))           # the old rule
+        n_tied.append(len(tied))
+    expected_mean = sum(expected) / trials
+    assert sum(n_tied) / trials > 20  # ties are the rule here, not the exception
+    assert sum(first) / trials < expected_mean - 0.02  # the old rule is visibly worse
+    assert study["k"]["10"]["mean"] == pytest.approx(expected_mean, abs=0.002)
+    assert few_shot_study(correct, ks=(10,), trials=trials, n_test=300, seed=0) == study  # seeded
+
+
+def test_few_shot_split_by_base_image():
+    """A 3-condition target over 50 images (cells concatenated): no base image is ever in both the
+    held-out and the selection set, and the held-out set holds whole images (all 3 conditions)."""
+    groups = base_image_groups(150, 3)
+    assert groups.tolist() == list(range(50)) * 3
+    with pytest.raises(ValueError, match="multiple of the cell count"):
+        base_image_groups(151, 3)
+    splits = few_shot_splits(150, (10, 30, 60), trials=30, n_test=60, seed=1, groups=groups)
+    for test, picks in splits:
+        held = set(groups[test].tolist())
+        assert len(test) == 60 and len(held) == 20  # 20 whole images x 3 conditions
+        assert sorted(test.tolist()) == sorted(i for i in range(150) if int(groups[i]) in held)
+        for k, pick in picks.items():
+            assert len(pick) == k and not held & set(groups[pick].tolist())
+    # Flattened examples (no groups) do put one image on both sides, which the grouping prevents.
+    leak = any(set(groups[t].tolist()) & set(groups[p].tolist())
+               for t, ps in few_shot_splits(150, (30,), trials=30, n_test=60, seed=1) for p in ps.values())
+    assert leak
+    correct = torch.rand(5, 150, generator=torch.Generator().manual_seed(0)) < 0.7
+    study = few_shot_study(correct, ks=(10, 30), trials=10, n_test=60, groups=groups)
+    assert study["n_images"] == 50 and study["n_test"] == 60 and study["k"]["30"]["trials"] == 10
 
 
 def test_few_shot_figure(tmp_path):

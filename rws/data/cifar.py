@@ -1,9 +1,14 @@
-"""CIFAR-10/100 from the python pickles in torchvision's layout (read directly, no PIL)."""
+"""CIFAR-10/100 from the python pickles in torchvision's layout (read directly, no PIL).
+
+The pickles are read with a restricted unpickler (``_CifarUnpickler``) that admits only the types the
+format needs, so a tampered file is refused (naming it) instead of running code while it loads.
+"""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +20,7 @@ _LAYOUT = {
          "batches.meta", "label_names", "labels"),
     100: ("cifar-100-python", ["train"], ["test"], "meta", "fine_label_names", "fine_labels"),
 }
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
 def cifar_dir(root: str | Path, num_classes: int) -> Path:
@@ -24,9 +30,50 @@ def cifar_dir(root: str | Path, num_classes: int) -> Path:
     return root if root.name == sub else root / sub
 
 
+# The only globals a CIFAR python pickle needs: numpy arrays (rebuilt by _reconstruct up to protocol 4,
+# by _frombuffer at protocol 5; numpy.core before numpy 2, numpy._core since) with their dtype, and
+# _codecs.encode, which is how Python 3 writes bytes (an array's raw data) at protocols 0-2. Dicts, lists,
+# str, bytes and numbers need no global. Anything else is refused: unpickling a global can run code
+# (os.system, eval, ...) before a single value is checked.
+_ALLOWED_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits only the types of the CIFAR python format (``_ALLOWED_GLOBALS``)."""
+
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file, encoding="latin1")  # the original batches were written by Python 2
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"{self.path}: refused to unpickle {module}.{name}: a CIFAR python pickle holds only dicts, "
+                f"lists, str, bytes, numbers and numpy arrays, so this file is not one (and loading it could "
+                f"run code); replace it with the original from {CIFAR_URL}")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError(f"{self.path}: refused a persistent id; not a CIFAR python pickle")
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, path).load()
+    except pickle.UnpicklingError as e:
+        if str(path) in str(e):  # refused by _CifarUnpickler, already names the file
+            raise
+        raise pickle.UnpicklingError(f"{path}: not a readable CIFAR python pickle ({e})") from e
+    except EOFError as e:
+        raise pickle.UnpicklingError(f"{path}: truncated pickle (not a complete CIFAR python pickle)") from e
+    if not isinstance(obj, dict):
+        raise pickle.UnpicklingError(f"{path}: a CIFAR python pickle holds a dict, this one a {type(obj).__name__}")
+    return obj
 
 
 def read_cifar(root: str | Path, num_classes: int, train: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

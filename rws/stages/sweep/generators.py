@@ -69,8 +69,14 @@ class SoupGrid(SpecGenerator):
         self.members = [str(Path(p).resolve()) for p in members]
         if not self.members:
             raise ValueError("sweep needs members: [export dirs]")
+        if member_names is not None and len(member_names) != len(self.members):
+            # A shorter list used to drop the unnamed members from best.md without a word.
+            raise ValueError(f"sweep: member_names has {len(member_names)} names for {len(self.members)} members; "
+                             f"give exactly {len(self.members)} (one per entry of members, in the same order) or "
+                             f"leave member_names unset to name them after their runs")
         # Export dirs all end in 'export': name members after their run, not the last path component.
-        self.names = list(member_names or [specs_mod.spec_name({"kind": "export", "path": p}) for p in self.members])
+        self.names = ([str(n) for n in member_names] if member_names is not None
+                      else [specs_mod.spec_name({"kind": "export", "path": p}) for p in self.members])
         self.grid = dict(grid)
         self.bn = bn
         self.affine = bool(self.grid.get("affine", True)) if self.grid.get("kind") != "front" else True

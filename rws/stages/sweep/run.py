@@ -15,8 +15,8 @@ import rws.specs as specs_mod
 from rws.evaluation.correctness import CorrectnessStore
 from rws.evaluation.engine import Engine, ModelJob, PlannedCell, plan_cells
 from rws.evaluation.results import read_results
-from rws.evaluation.selection import (TargetCells, best_specs, correctness_matrix, few_shot_study, markdown_table,
-                                      target_scores)
+from rws.evaluation.selection import (TargetCells, base_image_groups, best_specs, correctness_matrix, few_shot_study,
+                                      markdown_table, target_scores)
 from rws.evaluation.shards import parse_shard
 from rws.evaluation.sources import CorruptFn, FixedSubset, data_identity, load_test_subset
 from rws.evaluation.summary import summarize
@@ -176,8 +176,13 @@ def summarize_sweep(out: str | os.PathLike, figures: bool = True, few_shot_trial
     store = CorrectnessStore(out)
     mats = {t.name: m for t in targets if (m := correctness_matrix(store, sids, t)) is not None}
     if mats:
-        save_safetensors(mats, out / "correctness.safetensors", metadata={"spec_ids": json.dumps(sids)})
-        few_shot = {t: few_shot_study(m, trials=few_shot_trials) for t, m in mats.items()}
+        # A multi-condition target's columns are its cells x the same k images: the few-shot study
+        # splits by base image (base_image_groups), so no image is in both the selection and held-out set.
+        n_cells = {t.name: len(t.cells) for t in targets if t.name in mats}
+        save_safetensors(mats, out / "correctness.safetensors",
+                         metadata={"spec_ids": json.dumps(sids), "n_cells": json.dumps(n_cells)})
+        few_shot = {t: few_shot_study(m, trials=few_shot_trials, groups=base_image_groups(m.shape[1], n_cells[t]))
+                    for t, m in mats.items()}
         write_json(out / "few_shot.json", few_shot)
         if figures and any(res["k"] for res in few_shot.values()):
             from rws.report.soup_figures import plot_few_shot
