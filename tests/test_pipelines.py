@@ -209,14 +209,16 @@ def test_rws_cpu_groups_are_oracle_and_unique(tmp_path: Path) -> None:
 
 def test_other_pipeline_plans_compose(tmp_path: Path) -> None:
     q = quickstart.plan(quickstart.Settings(), tmp_path / "q")
-    assert [st.name for st in q] == ["init", "cotrain", "std", "robust", "sigs", "evaluate_0", "evaluate_1",
-                                     "table"] and _compose_all(q) == 7
+    assert [st.name for st in q] == ["init", "cotrain", "std", "robust", "sigs", "teacher", "student", "evaluate_0",
+                                     "evaluate_1", "table"] and _compose_all(q) == 9
     # init and cotrain start together (both cores); std and robust both fine-tune θ_init (one init, RWS)
     assert [st.needs for st in q[:4]] == [(), (), ("init",), ("init",)]
     ev = next(st for st in q if st.name == "evaluate_0")
     specs = compose("evaluate", list(ev.argv[2:]))["specs"]
-    assert [sp["kind"] for sp in specs] == ["export", "export", "patch", "soup", *["adapter"] * 5]
-    assert [sp["beta"] for sp in specs[4:]] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert [sp["kind"] for sp in specs] == ["export", "export", "patch", "soup", *["adapter"] * 5, "heads"]
+    assert [sp["beta"] for sp in specs[4:9]] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert specs[9]["select"]["rule"] == "mc_dropout_kl" and next(st for st in q if st.name == "student").needs == (
+        "std", "teacher")
     t = rws_transfer.plan(rws_transfer.Settings(cifar=tmp_path / "cifar"), tmp_path / "t")
     assert _compose_all(t) == 5
     assert {st.name for st in t if st.needs == ("init",)} == {"std", "robust_gaussian_noise"}  # run in parallel

@@ -80,7 +80,13 @@ class DistillModule(ClassifierModule):
         self.temperature, self.kd, self.data_fraction = float(temperature), bool(kd), float(data_fraction)
         self.augment_cfg = augment
         self._gen = torch.Generator().manual_seed(int(seed))
-        self._teacher = [build_teacher(teacher)] if kd else []  # a list: not a submodule, not in checkpoints
+        # Built at its first use (a structure-only build needs no files); held in a list so it is
+        # not a submodule: not trained, not in checkpoints or the export.
+        self.teacher_spec = teacher if kd else None
+        if kd and not isinstance(teacher, Mapping) and not any(p.is_meta for p in self.model.parameters()):
+            if not Path(str(teacher)).exists():
+                raise FileNotFoundError(f"method.teacher={teacher}: no such export directory")
+        self._teacher: list[nn.Module] = []
         self._augmenter = None
 
     def reset_ema_module(self) -> None:
@@ -101,10 +107,13 @@ class DistillModule(ClassifierModule):
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """The augmented view of ``x`` (Noise2Net first when configured, then AugMix)."""
         if self._augmenter is None:
-            self._augmenter = make_augmenter(self.augment_cfg)
+            self._augmenter = make_augmenter(self.augment_cfg, self.model.mean.flatten().tolist(),
+                                             self.model.std.flatten().tolist())
         return self._augmenter(x, self._gen)
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._teacher:
+            self._teacher.append(build_teacher(self.teacher_spec))
         teacher = self._teacher[0]
         if next(teacher.parameters()).device != x.device:
             teacher.to(x.device)
@@ -163,20 +172,18 @@ def _augment_options(augment: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: (dict(augment[k]) if augment.get(k) is not None else None) for k in AUGMENT_KEYS}
 
 
-def make_augmenter(cfg: Mapping[str, Any]) -> Any:
-    """``fn(x, generator) -> augmented x``: Noise2Net (when set) then AugMix (when set)."""
+def make_augmenter(cfg: Mapping[str, Any], mean: Any = None, std: Any = None) -> Any:
+    """``fn(x, generator) -> augmented x``: Noise2Net on its fraction of the images (when set, with
+    the model's normalization), then AugMix on all of them (when set): the teachers' AugMix+DA."""
     from rws.augment.augmix import augmix_batch
+    from rws.augment.noise2net import build_perturbation
 
-    noise = None
-    if cfg.get("noise2net") is not None:
-        from rws.augment.noise2net import Noise2NetAugment
-
-        noise = Noise2NetAugment(**cfg["noise2net"])
+    noise = build_perturbation("noise2net", cfg.get("noise2net"), mean, std) if cfg.get("noise2net") is not None else None
     augmix = cfg.get("augmix")
 
     def fn(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if noise is not None:
-            x = noise(x, generator)
+            x, _ = noise(x, generator)
         if augmix is not None:
             x = augmix_batch(x, generator, **augmix)
         return x
