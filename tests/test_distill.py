@@ -385,3 +385,42 @@ def test_distill_preset_composes_and_builds(name: str) -> None:
         assert all(not p.requires_grad for p in student.frozen.parameters())
     else:
         assert cfg.method.noise2net.fraction == 0.5
+
+
+def _row(model: str, suite: str, condition: str, level, metric: str, value: float) -> dict:
+    return {"model": model, "spec_id": model, "suite": suite, "condition": condition, "level": level,
+            "metric": metric, "value": value, "n": 100}
+
+
+def test_distill_report_from_hand_made_rows(tmp_path: Path) -> None:
+    from rws.evaluation.results import ResultsWriter
+    from rws.report.distill_tables import claims, fraction_curve, per_model, report
+
+    rows = []
+    for model, clean, corr, fc in (("Ours", 0.9, 0.6, 0.8), ("Ours w/o KLD", 0.9, 0.58, 0.7),
+                                   ("Ours w/o U_mc", 0.9, 0.55, 0.6), ("Ours (max logit)", 0.9, 0.61, 0.5),
+                                   ("Ours w/o K.D.", 0.9, 0.5, 0.8), ("Ours a=0.1", 0.8, 0.4, None),
+                                   ("Ours a=1", 0.85, 0.7, None), ("teacher_small", 0.5, 0.3, None),
+                                   ("student from teacher_small", 0.8, 0.45, None), ("teacher_mid", 0.6, 0.4, None),
+                                   ("student from teacher_mid", 0.8, 0.5, None), ("teacher_da", 0.6, 0.5, None)):
+        rows.append(_row(model, "clean", "clean", "", "acc", clean))
+        rows += [_row(model, "corruptions", c, 3, "acc", corr + d) for c, d in (("fog", 0.1), ("gaussian_noise", -0.1))]
+        if fc is not None:
+            rows.append(_row(model, "clean", "clean", "", "f_correct", 0.9))
+            rows += [_row(model, "corruptions", c, 3, "f_correct", fc) for c in ("fog", "gaussian_noise")]
+    models = per_model(rows)
+    assert models["Ours"]["corruptions"] == pytest.approx(0.6) and models["Ours"]["f_correct_shift"] == pytest.approx(0.8)
+    verdicts = {c: v for c, v, _ in claims(models, [])}
+    assert verdicts["Ours beats Ours w/o KLD on corruptions"] == "held"            # 60 vs 58
+    assert verdicts["Ours beats Ours (max logit) on corruptions"] == "did not hold"  # 60 vs 61
+    assert verdicts["removing U_mc costs more than removing KLD"] == "held"        # 5 vs 2 points
+    assert verdicts["a stronger teacher gives a stronger student (Table 4)"] == "held"  # 45 < 50 < 60
+    assert verdicts["more distillation data helps (Fig. 1)"] == "held"
+    assert [(a, c) for a, _, c in fraction_curve(models)] == [(0.1, pytest.approx(0.4)), (0.5, pytest.approx(0.6)),
+                                                            (1.0, pytest.approx(0.7))]
+    import json
+
+    ResultsWriter(tmp_path / "eval" / "table1").write(rows)
+    text = report(tmp_path, tmp_path / "report")
+    assert "| Ours | 90.0 | 60.0 |" in text and (tmp_path / "report/fraction_curve.png").exists()
+    assert json.loads((tmp_path / "report/distill.json").read_text())["fraction"][0][0] == 0.1

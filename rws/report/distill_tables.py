@@ -23,6 +23,10 @@ Record = dict[str, Any]
 # A claim "holds" when the gap is at least this many accuracy points (noise at ~1,000 images).
 MARGIN = 0.005
 ABLATIONS = ("Ours w/o KLD", "Ours w/o U_mc", "Ours (max logit)", "Ours w/o K.D.")
+# Table 1's row order (the driver's labels); other models follow in first-seen order.
+TABLE1_ORDER = ("student before tuning", "fine-tune baseline", "Ours", "Ours w/o KLD", "Ours w/o U_mc",
+                "Ours (max logit)", "Ours w/o K.D.", "single head", "clean head", "unclean head", "combined head",
+                "teacher (AugMix+DA)")
 TEACHER_PAIRS = (("teacher_small", "student from teacher_small"), ("teacher_mid", "student from teacher_mid"),
                  ("teacher_da", "Ours"))
 
@@ -60,8 +64,12 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
 
 
 def table1(models: dict[str, Record]) -> str:
-    lines = [[name, _pct(m.get("clean")), _pct(m.get("corruptions"))] for name, m in models.items()]
-    return _table(["model", "clean", "corruptions (mean)"], lines)
+    names = [n for n in TABLE1_ORDER if n in models] + [n for n in models if n not in TABLE1_ORDER]
+    lines = [[n, _pct(models[n].get("clean")), _pct(models[n].get("corruptions")),
+              _pct(models[n].get("clean:head_frac:unclean")), _pct(models[n].get("corruptions:head_frac:unclean"))]
+             for n in names]
+    return _table(["model", "clean", "corruptions (mean)", "clean → unclean head (%)", "corruptions → unclean head (%)"],
+                  lines)
 
 
 def table2(models: dict[str, Record]) -> str:
@@ -166,7 +174,7 @@ def report(root: Path, out: Path) -> str:
     flips = flip_rate_records(flip_rows) if flip_rows else []
     points = fraction_curve(models)
     figure = fraction_figure(points, out / "fraction_curve.png")
-    parts = ["# Efficiently robustify pre-trained models: CPU-scale results\n",
+    parts = ["# Efficiently robustify pre-trained models: CPU-scale results\n\n",
              "## Table 1 analog: accuracy (%)\n", table1(per_model(t1)),
              "\n## Table 2 analog: F_correct (fraction sent to the right head)\n", table2(models),
              "\n## Table 4 analog: teacher strength vs student (corruption accuracy, %)\n", table4(models),
