@@ -61,6 +61,73 @@ def _joblib_gpu(cfg: DictConfig) -> Any:
     return devices
 
 
+def _runs_on_cpu(trainer_cfg: dict[str, Any]) -> bool:
+    """Whether the Trainer will run on the CPU: ``accelerator: cpu``, or ``auto`` without CUDA or MPS."""
+    accelerator = str(trainer_cfg.get("accelerator") or "auto").lower()
+    if accelerator == "cpu":
+        return True
+    if accelerator != "auto" or torch.cuda.is_available():
+        return False
+    mps = getattr(torch.backends, "mps", None)
+    return not (mps is not None and mps.is_available())
+
+
+def _cpu_ddp(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
+    """``trainer=ddp`` on the CPU: Lightning's DDP takes the gloo backend there by itself; what a GPU
+    preset carries that the CPU cannot take is dropped here: SyncBatchNorm (CUDA only: DDP refuses it
+    on CPU modules), fp16 mixed precision (none on CPU; Lightning would silently switch to bf16), and
+    ``devices: -1`` (every GPU; one process on the CPU, ``trainer.devices=N`` for N)."""
+    strategy = trainer_cfg.get("strategy")
+    if not (isinstance(strategy, str) and strategy.startswith("ddp")) or not _runs_on_cpu(trainer_cfg):
+        return trainer_cfg
+    out = dict(trainer_cfg)
+    changed = []
+    if out.get("sync_batchnorm"):
+        out["sync_batchnorm"] = False
+        changed.append("sync_batchnorm=false (CUDA only)")
+    if str(out.get("precision")) in ("16-mixed", "16"):
+        out["precision"] = "32-true"
+        changed.append(f"precision=32-true (no {trainer_cfg.get('precision')} on CPU)")
+    if out.get("devices") in (-1, "-1"):
+        out["devices"] = 1
+        changed.append("devices=1 (-1 means every GPU; set trainer.devices=N for N CPU processes)")
+    if changed:
+        log.info("%s on the CPU (gloo backend): %s", strategy, ", ".join(changed))
+    return out
+
+
+def _test_loader_without_repeats(datamodule: Any, trainer: pl.Trainer) -> Any:
+    """The test split for a multi-process run, each image on exactly one rank.
+
+    Lightning splits an evaluation set over the ranks with ``DistributedSampler``, which pads it with
+    repeated images until every rank has the same count, so the synced test accuracy would count some
+    images twice. This loader gives rank r the images r, r + W, r + 2W, ... (ranks may differ by one
+    image; Lightning leaves a ``DistributedSampler`` it is given alone). None when the split cannot be
+    indexed (then Lightning's default applies)."""
+    from torch.utils.data import DataLoader
+    from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+    datamodule.setup("test")
+    loader = datamodule.test_dataloader()
+    dataset = getattr(loader, "dataset", None)
+    if not isinstance(loader, DataLoader) or loader.batch_size is None or not hasattr(dataset, "__len__"):
+        return None
+    sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                           shuffle=False)
+    return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      persistent_workers=loader.persistent_workers)
+
+
+def _test(trainer: pl.Trainer, method: pl.LightningModule, datamodule: Any) -> dict[str, float]:
+    loader = _test_loader_without_repeats(datamodule, trainer) if trainer.world_size > 1 else None
+    if loader is None:
+        results = trainer.test(method, datamodule=datamodule, verbose=False)
+    else:
+        results = trainer.test(method, dataloaders=loader, verbose=False)
+    return {k: float(v) for k, v in (results or [{}])[0].items()}
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Fit the configured method, export the model, return the final metrics."""
     run_dir = Path(run_dir)
@@ -80,6 +147,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["devices"] = _joblib_gpu(cfg)
+    trainer_cfg = _cpu_ddp(trainer_cfg)
     trainer: pl.Trainer = instantiate(trainer_cfg, callbacks=[checkpoint], logger=loggers or False,
                                       default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()])
 
@@ -94,10 +162,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     t0 = time.time()
     trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.time() - t0
+    if trainer.world_size > 1 and torch.distributed.is_initialized():
+        log.info("%d processes, %s backend", trainer.world_size, torch.distributed.get_backend())
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     if cfg.get("test_after_fit", True):
-        for k, v in (trainer.test(method, datamodule=datamodule, verbose=False) or [{}])[0].items():
-            metrics[k] = float(v)
+        metrics.update(_test(trainer, method, datamodule))
     metrics["fit_seconds"] = round(fit_seconds, 2)
     metrics["epochs"] = int(trainer.current_epoch)
 

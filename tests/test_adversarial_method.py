@@ -74,8 +74,9 @@ def test_max_picks_the_worst_norm_per_example() -> None:
     assert torch.equal(x_adv, expected)
 
 
-def test_eat_sampling_follows_running_error() -> None:
-    m = make("eat", threats=[{"norm": "linf", "eps": 8 / 255}, {"norm": "l1", "eps": 4.0}])
+def test_eat_ema_sampling_follows_running_error() -> None:
+    """eat_statistic=ema (this project's earlier rule, kept as an option)."""
+    m = make("eat", threats=[{"norm": "linf", "eps": 8 / 255}, {"norm": "l1", "eps": 4.0}], eat_statistic="ema")
     assert torch.allclose(m.sampling_probs(), torch.tensor([0.5, 0.5]))
     m.robust_error_ema.copy_(torch.tensor([0.2, 0.6]))
     assert torch.allclose(m.sampling_probs(), torch.tensor([0.25, 0.75]))
@@ -87,7 +88,133 @@ def test_eat_sampling_follows_running_error() -> None:
     # SAT stays uniform whatever the errors.
     s = make("sat", threats=[{"norm": "linf", "eps": 8 / 255}, {"norm": "l1", "eps": 4.0}])
     s.robust_error_ema.copy_(torch.tensor([0.2, 0.6]))
+    s.update_eat_counts(0, 1, 10)
+    s.update_eat_counts(1, 9, 10)
     assert torch.allclose(s.sampling_probs(), torch.tensor([0.5, 0.5]))
+
+
+def _definition_probs(acc_norms: list[list[float]]) -> list[float]:
+    """E-AT's norm sampling as github.com/fra31/robust-finetuning (train.py) defines it, restated:
+    per norm [robust-correct count, attacked count] since training began; weights 1 - accuracy, the
+    same weight for every norm until each has been attacked; random.choices normalizes the weights."""
+    if all(n > 0 for _, n in acc_norms):
+        weights = [1.0 - c / n for c, n in acc_norms]
+    else:
+        weights = [1.0 - 0.5] * len(acc_norms)
+    return [w / sum(weights) for w in weights]
+
+
+def test_eat_sampling_follows_the_definition() -> None:
+    """Default E-AT: p_j proportional to 1 - the cumulative robust accuracy of norm j since training
+    began, uniform until every norm has been attacked; after a hand-made sequence of per-norm robust
+    accuracies the probabilities equal the definition's."""
+    threats = [{"norm": "linf", "eps": 8 / 255}, {"norm": "l2", "eps": 0.5}, {"norm": "l1", "eps": 4.0}]
+    m = make("eat", threats=threats)
+    assert m.eat_statistic == "cumulative"
+    # (threat, robust-correct, batch size) in training order; norm 2 comes last.
+    sequence = [(0, 30, 64), (0, 10, 64), (1, 50, 64), (0, 0, 32), (1, 64, 64), (2, 16, 64), (2, 40, 64),
+                (1, 20, 48), (0, 64, 64)]
+    acc_norms = [[0.0, 0.0] for _ in threats]
+    for step, (j, correct, n) in enumerate(sequence):
+        m.update_eat_counts(j, correct, n)
+        acc_norms[j][0] += correct
+        acc_norms[j][1] += n
+        expected = _definition_probs(acc_norms)
+        probs = m.sampling_probs()
+        assert probs.tolist() == pytest.approx(expected, abs=1e-6), step
+        if step < 5:  # norm 2 not attacked yet: uniform, whatever the other accuracies
+            assert probs.tolist() == pytest.approx([1 / 3] * 3)
+    assert not torch.allclose(m.sampling_probs(), torch.full((3,), 1 / 3))
+    # Cumulative, not a moving average: an old batch weighs as much as a new one.
+    assert m.eat_errors().tolist() == pytest.approx([1 - 104 / 224, 1 - 134 / 176, 1 - 56 / 128])
+    draws = torch.tensor([m._pick_threat() for _ in range(6000)])
+    freq = torch.bincount(draws, minlength=3).float() / len(draws)
+    assert freq.tolist() == pytest.approx(_definition_probs(acc_norms), abs=0.03)
+
+
+class FixedAttack:
+    """Returns the input unchanged and reports a chosen per-example robustness as its own record."""
+
+    def __init__(self, correct: torch.Tensor | None) -> None:
+        self.last_correct = correct
+
+    def __call__(self, model, x, y):
+        return x.clone()
+
+
+def test_eat_counts_come_from_the_attack_itself() -> None:
+    """The statistic is the attack's own robust accuracy (``last_correct``: correct at every point
+    it evaluated, in its eval mode), not the train-mode accuracy of the batch after the attack."""
+    m = make("eat", threats=[THREATS[0], THREATS[2]])
+    x, y = batch(16)
+    mask = torch.zeros(16, dtype=torch.bool)
+    mask[:5] = True
+    m.attacks = [FixedAttack(mask), FixedAttack(mask)]
+    m.train()
+    _, ids = m.adversarial_batch(x, y)
+    j = int(ids[0])
+    assert m.eat_seen.tolist()[j] == 16 and m.eat_correct.tolist()[j] == 5
+    assert m.eat_seen.sum() == 16
+    # Without a record of its own, the attacked point is scored in the attack's model mode (eval).
+    m.attacks = [FixedAttack(None), FixedAttack(None)]
+    m.eat_seen.zero_(), m.eat_correct.zero_()
+    _, ids = m.adversarial_batch(x, y)
+    j = int(ids[0])
+    m.model.eval()
+    with torch.no_grad():
+        expected = int((m.model(x).argmax(1) == y).sum())
+    assert m.eat_seen.tolist()[j] == 16 and m.eat_correct.tolist()[j] == expected
+
+
+def test_adversarial_eat_config_is_the_definition() -> None:
+    """method=adversarial_eat: cumulative statistic, APGD for linf without random start, l1-APGD
+    without random start and initial top-k 0.05; the earlier rule stays reachable by overrides."""
+    from rws.attacks import APGD, L1APGD
+    from rws.config import compose
+    from rws.training import build_method
+
+    cfg = compose("train", ["method=adversarial_eat", "model=small_cnn", "model.width=0.25"])
+    m = build_method(cfg)
+    assert m.mode == "eat" and m.eat_statistic == "cumulative"
+    linf, l1 = m.attacks
+    assert isinstance(linf, APGD) and not linf.random_start and linf.step_size == 2.0
+    assert isinstance(l1, L1APGD) and not l1.random_start and l1.sparsity == 0.05
+    old = build_method(compose("train", ["method=adversarial_eat", "model=small_cnn", "model.width=0.25",
+                                         "method.eat_statistic=ema", "method.attack=pgd",
+                                         "method.random_start=true", "method.l1_sparsity=0.2"]))
+    assert old.eat_statistic == "ema"
+    assert type(old.attacks[0]).__name__ == "PGD" and old.attacks[0].random_start
+    assert old.attacks[1].random_start and old.attacks[1].sparsity == 0.2
+    # Other methods keep their attacks: PGD with random start, l1-APGD at 0.2.
+    sat = build_method(compose("train", ["method=adversarial_sat", "model=small_cnn", "model.width=0.25"]))
+    assert [a.random_start for a in sat.attacks] == [True, True, True] and sat.attacks[2].sparsity == 0.2
+
+
+def test_apgd_training_attack() -> None:
+    """APGD as E-AT trains with it: starts at x (no generator draw, repeatable without one), stays in
+    the threat set, returns the highest-loss point and records per-example robustness over its iterates."""
+    from rws.attacks import build_attack
+
+    m = make("single", threats=THREATS[:1])
+    x, y = batch(32)
+    for threat in (THREATS[0], THREATS[1]):
+        gen = torch.Generator().manual_seed(5)
+        state = gen.get_state()
+        atk = build_attack(threat, attack="apgd", steps=6, generator=gen)
+        a, b = atk(m.model, x, y), atk(m.model, x, y)
+        assert torch.equal(a, b) and torch.equal(gen.get_state(), state)
+        delta = (a - x).flatten(1)
+        bound = delta.abs().amax(1) if threat["norm"] == "linf" else delta.norm(dim=1)
+        assert (bound <= threat["eps"] * (1 + 1e-5)).all() and a.min() >= 0 and a.max() <= 1
+        m.model.eval()
+        with torch.no_grad():
+            clean_ok = m.model(x).argmax(1) == y
+            adv_ok = m.model(a).argmax(1) == y
+            loss_x = torch.nn.functional.cross_entropy(m.model(x), y, reduction="none")
+            loss_a = torch.nn.functional.cross_entropy(m.model(a), y, reduction="none")
+        assert atk.last_correct.dtype == torch.bool and len(atk.last_correct) == 32
+        assert not (atk.last_correct & ~clean_ok).any() and not (atk.last_correct & ~adv_ok).any()
+        assert (loss_a >= loss_x - 1e-6).all()
 
 
 @pytest.mark.parametrize("mode,threats,kw", [
@@ -95,7 +222,8 @@ def test_eat_sampling_follows_running_error() -> None:
     ("single", THREATS[:1], {"attack": "n_fgsm", "clean_weight": 0.3}),
     ("max", THREATS, {}),
     ("sat", THREATS, {}),
-    ("eat", [THREATS[0], THREATS[2]], {}),
+    ("eat", [THREATS[0], THREATS[2]], {"eat_statistic": "ema"}),
+    ("eat", [THREATS[0], THREATS[2]], {"attack": "apgd"}),
 ])
 def test_one_training_step_updates_weights(mode: str, threats, kw, tmp_path) -> None:
     m = make(mode, threats=threats, **kw)
@@ -109,8 +237,11 @@ def test_one_training_step_updates_weights(mode: str, threats, kw, tmp_path) -> 
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
     keys = trainer.callback_metrics.keys()
     assert any(k.startswith("train/adv_acc_") for k in keys), keys
-    if mode == "eat":
+    if mode == "eat" and m.eat_statistic == "ema":
         assert not torch.equal(m.robust_error_ema, ema_before)
+    elif mode == "eat":
+        assert int(m.eat_seen.sum()) == 16 and torch.equal(m.robust_error_ema, ema_before)
+        assert any(k.startswith("train/eat_err_") for k in keys), keys
 
 
 # ----- the step contract reproduces the pre-contract training step exactly -------------------------
@@ -180,7 +311,7 @@ class LogRecorder:
     ("single", THREATS[1:2], {"clean_weight": 0.5}),
     ("max", THREATS, {}),
     ("sat", THREATS, {}),
-    ("eat", [THREATS[0], THREATS[2]], {"label_smoothing": 0.1}),
+    ("eat", [THREATS[0], THREATS[2]], {"label_smoothing": 0.1, "eat_statistic": "ema"}),
 ])
 def test_step_contract_matches_the_frozen_training_step(mode: str, threats, kw) -> None:
     """Three SGD steps through ``training_step`` (new) and through the frozen reference give

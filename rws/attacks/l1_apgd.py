@@ -14,15 +14,18 @@ point found so far. Semantics follow AutoAttack's APGD-L1 (``autoattack/autopgd_
   value at the previous check) restarts from the best point with the full step eta = step_size * eps,
   the others divide their step by 1.5, within [eta / 10, eta]. There is no step halving on loss
   oscillation (that is the l_inf / l_2 rule);
-- initial k = ``sparsity`` = 0.2, eta = ``step_size`` * eps (eps by default), no momentum (``momentum`` < 1
-  mixes in the previous move as APGD does for l_inf / l_2); the random start projects a Gaussian onto the
-  feasible set (the same draw as AutoAttack's for the same seed on CPU).
+- initial k = ``sparsity`` = 0.2 (AutoAttack's value; E-AT's training attack starts at 0.05 and without
+  random start, ``method=adversarial_eat``), eta = ``step_size`` * eps (eps by default), no momentum
+  (``momentum`` < 1 mixes in the previous move as APGD does for l_inf / l_2); the random start projects a
+  Gaussian onto the feasible set (the same draw as AutoAttack's for the same seed on CPU).
 
 Until this schedule was adopted the checks ran on the l_inf / l_2 checkpoints, which made the attack
 much weaker at small budgets (``benchmarks/bench_l1_apgd.py``, small_cnn on digits, eps 12: robust
 accuracy 61.5 / 36.0 at 10 / 20 steps vs AutoAttack's 37.5 / 20.0; now 39.0 / 19.5).
 
 Returns the highest-loss point (what adversarial training wants); evaluation uses pyautoattack.
+``last_correct`` holds, after a call, whether each example was classified correctly at every point the
+attack evaluated (start included): the attack's own robust accuracy (E-AT samples norms from it).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class L1APGD(Attack):
         self.sparsity = float(sparsity)    # initial fraction of coordinates moved per step
         self.momentum = float(momentum)  # weight of the new step; 1.0 = no momentum, as in l1-APGD
         self.random_start, self.loss = random_start, loss
+        self.last_correct: torch.Tensor | None = None
 
     def _direction(self, grad: torch.Tensor, k_frac: torch.Tensor) -> torch.Tensor:
         g = grad.flatten(1)
@@ -79,7 +83,8 @@ class L1APGD(Attack):
         bsz, d = x.shape[0], x[0].numel()
         delta = random_init(x, t, self.generator) if self.random_start else torch.zeros_like(x)
         x_adv = x + delta
-        loss, grad, _ = loss_and_grad(model, x_adv, y, self.loss)
+        loss, grad, logits = loss_and_grad(model, x_adv, y, self.loss)
+        correct = logits.argmax(1) == y
         x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
 
         eta_max = self.step_size * t.eps
@@ -98,7 +103,8 @@ class L1APGD(Attack):
                 z = x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev)
                 z = x + project(x, z - x, t)
             x_prev, x_adv = x_adv, z
-            loss, grad, _ = loss_and_grad(model, x_adv, y, self.loss)
+            loss, grad, logits = loss_and_grad(model, x_adv, y, self.loss)
+            correct &= logits.argmax(1) == y
             better = loss > loss_best
             x_best[better], loss_best[better], grad_best[better] = x_adv[better], loss[better], grad[better]
 
@@ -114,4 +120,5 @@ class L1APGD(Attack):
                 nnz_old = nnz
                 x_adv[sparser], grad[sparser] = x_best[sparser], grad_best[sparser]
                 x_prev[sparser] = x_best[sparser]
+        self.last_correct = correct
         return x_best

@@ -8,6 +8,7 @@ Hyperparameters are stored as plain containers so Lightning checkpoints load wit
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytorch_lightning as pl
@@ -101,6 +102,26 @@ class ClassifierModule(pl.LightningModule):
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
         return out.loss
 
+    def on_fit_start(self) -> None:
+        self.seed_generators_for_rank(self.global_rank)
+
+    def seed_generators_for_rank(self, rank: int) -> None:
+        """Give this process its own random stream: every private ``torch.Generator`` the method holds
+        as an attribute (corruption draws, attack starts, norm sampling, augmentations) is reseeded from
+        (its seed, ``rank``). Rank 0 keeps its stream untouched, so single-process runs do not change;
+        under DDP the other ranks stop repeating rank 0's draws. Called when fitting starts, the first
+        point where the rank is known."""
+        if rank == 0:
+            return
+        # The seeds the generators were built with, kept so a second fit derives the same stream.
+        base = self.__dict__.setdefault("_generator_base_seeds", {})
+        seen: set[int] = set()
+        for name, gen in list(vars(self).items()):
+            if isinstance(gen, torch.Generator) and id(gen) not in seen:
+                seen.add(id(gen))
+                seed = base.setdefault(name, gen.initial_seed())
+                gen.manual_seed(rank_seed(seed, rank))
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
@@ -130,6 +151,15 @@ class ClassifierModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total, sched_cfg, steps_per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``'s private stream: ``seed`` itself for rank 0, else 63 bits of
+    sha256("rws-rank-stream:<seed>:<rank>") (distinct per rank, unrelated to nearby seeds' streams)."""
+    if rank == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"rws-rank-stream:{int(seed)}:{int(rank)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 EMA_KEYS = ("decay", "warmup", "update_after_step")
