@@ -144,7 +144,7 @@ def test_write_corrupted_arrays(tmp_path, natural_u8: np.ndarray) -> None:
     assert np.array_equal(np.load(tmp_path / "labels.npy"), np.tile(labels, 5))
     # Severity-major layout: block k is severity k+1.
     x = torch.from_numpy(natural_u8).permute(0, 3, 1, 2).float() / 255
-    sev3 = (corrupt(x, "contrast", 3) * 255).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    sev3 = (corrupt(x, "contrast", 3) * 255).floor().permute(0, 2, 3, 1).numpy().astype(np.uint8)  # truncated
     assert np.array_equal(arr[2 * n:3 * n], sev3)
     # Same seed -> same file; channels-first input gives the same result.
     out2 = write_corrupted_arrays(natural_u8.transpose(0, 3, 1, 2), labels, tmp_path / "b",

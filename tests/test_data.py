@@ -120,7 +120,7 @@ def _tiny_imagenet(root: Path) -> Path:
 def test_tiny_imagenet_layout(tmp_path: Path) -> None:
     root = _tiny_imagenet(tmp_path / "tin")
     dm = TinyImageNetDataModule(root=root, num_classes=3, image_size=12, cache_dir=tmp_path / "c", val_size=0)
-    assert dm.corruption_table == "imagenet"
+    assert dm.corruption_table == "tiny_imagenet"
     dm.setup()
     assert dm.classes == ["n01", "n02", "n03"]
     x, y = next(iter(dm.test_dataloader()))

@@ -49,10 +49,14 @@ def parse_eps(eps: float | int | str) -> float:
 
 
 def default_eps(norm: str, dataset_kind: str = "cifar", purpose: str = "train") -> float:
-    """The paper's radius for ``norm`` on a CIFAR-like ("cifar") or ImageNet-like ("imagenet") set."""
+    """The paper's radius for ``norm`` on a CIFAR-like ("cifar") or ImageNet-like ("imagenet") set.
+
+    "tiny_imagenet" (the corruption table the method configs pass as ``${data.corruption_table}``)
+    takes the ImageNet radii, as Tiny-ImageNet did when it used the ImageNet table."""
     kind = str(dataset_kind).lower()
+    kind = "imagenet" if kind == "tiny_imagenet" else kind
     if kind not in ("cifar", "imagenet"):
-        raise ValueError(f"dataset_kind must be 'cifar' or 'imagenet', got {dataset_kind!r}")
+        raise ValueError(f"dataset_kind must be 'cifar', 'imagenet' or 'tiny_imagenet', got {dataset_kind!r}")
     if purpose not in ("train", "eval"):
         raise ValueError(f"purpose must be 'train' or 'eval', got {purpose!r}")
     return _DEFAULT_EPS[(kind, canonical_norm(norm))][purpose]

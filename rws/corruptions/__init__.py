@@ -1,6 +1,6 @@
 """The 19 common corruptions of Hendrycks & Dietterich as batched torch ops.
 
-``corrupt(x, name, severity, table="cifar"|"imagenet", generator=None)`` works on (B, 3, H, W)
+``corrupt(x, name, severity, table="cifar"|"tiny_imagenet"|"imagenet", generator=None)`` works on (B, 3, H, W)
 tensors in [0, 1] on any device; ``resolve_corruptions`` expands specs such as "all" or "noise";
 ``write_corrupted_arrays`` writes CIFAR-10-C-style ``.npy`` files. See docs/corruptions.md.
 """

@@ -29,7 +29,8 @@ def write_corrupted_arrays(x_uint8: np.ndarray | torch.Tensor, labels: np.ndarra
     ``x_uint8`` is (N, H, W, 3) or (N, 3, H, W) uint8. Rows are severity-major, like CIFAR-10-C:
     rows [k*N, (k+1)*N) hold severity k+1. ``labels.npy`` holds the labels tiled 5 times.
     Each corruption has its own generator seeded from (seed, corruption index), so one file can be
-    regenerated alone. Writes are atomic.
+    regenerated alone. Writes are atomic. Pixel values are truncated to uint8 (``floor(255·y)``), as
+    the reference's ``np.uint8`` does.
     """
     from tqdm.auto import tqdm
 
@@ -54,8 +55,9 @@ def write_corrupted_arrays(x_uint8: np.ndarray | torch.Tensor, labels: np.ndarra
             for i in range(0, n, batch_size):
                 xb = _to_nchw_float(x[i:i + batch_size]).to(device)
                 yb = corrupt(xb, name, sev, table=table, generator=gen)
-                # np.uint8 of the reference truncates; rounding is the unbiased choice for floats.
-                u8 = torch.round(yb * 255).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                # Truncate like the reference's np.uint8(float array) (CIFAR-10-C, Tiny-ImageNet-C), not
+                # round: rounding would sit +0.5 grey level above the published arrays on average.
+                u8 = torch.floor(yb * 255).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 out[(sev - 1) * n + i:(sev - 1) * n + i + len(u8)] = u8
         path = out_dir / f"{name}.npy"
         with atomic_path(path) as tmp:

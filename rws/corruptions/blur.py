@@ -7,6 +7,7 @@ from functools import lru_cache
 import torch
 
 from rws.corruptions import ops
+from rws.corruptions.params import SCRIPT_SIZE
 
 Tensor = torch.Tensor
 Gen = torch.Generator | None
@@ -92,7 +93,7 @@ def motion_blur(x: Tensor, c: tuple, g: Gen, table: str) -> Tensor:
 
 def zoom_blur(x: Tensor, c: list, g: Gen, table: str) -> Tensor:
     h, w = x.shape[-2:]
-    trim = "center" if table == "cifar" else "topleft"
+    trim = "center" if table in SCRIPT_SIZE else "topleft"
     out = torch.zeros_like(x)
     for z in c:
         out += ops.apply_separable(x, ops.zoom_matrix(h, z, trim, x.device),

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rws.corruptions import ops
+from rws.corruptions.params import SCRIPT_SIZE
 
 Tensor = torch.Tensor
 Gen = torch.Generator | None
@@ -40,8 +41,8 @@ def saturate(x: Tensor, c: tuple, g: Gen, table: str) -> Tensor:
 def pixelate(x: Tensor, c: float, g: Gen, table: str) -> Tensor:
     h, w = x.shape[-2:]
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
-    # make_cifar_c scales back up with BOX, imagecorruptions with NEAREST.
-    up = "box" if table == "cifar" else "nearest"
+    # make_cifar_c (and make_tinyimagenet_c) scales back up with BOX, imagecorruptions with NEAREST.
+    up = "box" if table in SCRIPT_SIZE else "nearest"
     down = ops.apply_separable(x, ops.pil_resize_matrix(h, sh, "box"), ops.pil_resize_matrix(w, sw, "box"))
     return ops.apply_separable(down, ops.pil_resize_matrix(sh, h, up), ops.pil_resize_matrix(sw, w, up))
 
@@ -80,8 +81,9 @@ def _affine(x: Tensor, jitter: float, g: Gen) -> Tensor:
 
 def elastic_transform(x: Tensor, c, g: Gen, table: str) -> Tensor:
     b, _, h, w = x.shape
-    if table == "cifar":
-        alpha, sigma, jitter = (float(v) * 32 for v in c)  # fractions of make_cifar_c's IMSIZE
+    if table in SCRIPT_SIZE:
+        # fractions of the script's IMSIZE (make_cifar_c: 32, make_tinyimagenet_c: 64)
+        alpha, sigma, jitter = (float(v) * SCRIPT_SIZE[table] for v in c)
         x = _affine(x, jitter, g)
         lo, hi, sig = -1.0, 1.0, (sigma, sigma)
     else:

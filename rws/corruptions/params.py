@@ -1,7 +1,8 @@
-"""Names, groups, aliases and the two severity tables (CIFAR-10-C and ImageNet-C).
+"""Names, groups, aliases and the three severity tables (CIFAR-10-C, Tiny-ImageNet-C, ImageNet-C).
 
-The CIFAR table holds the values of Hendrycks' ``make_cifar_c.py``; the ImageNet table the values
-used by ``imagecorruptions`` (ImageNet-C). Each entry is a list of 5 per-severity parameters.
+The CIFAR table holds the values of Hendrycks' ``make_cifar_c.py``; the Tiny-ImageNet table those of
+his ``make_tinyimagenet_c.py``; the ImageNet table the values used by ``imagecorruptions``
+(ImageNet-C). Each entry is a list of 5 per-severity parameters.
 """
 
 from __future__ import annotations
@@ -103,7 +104,44 @@ IMAGENET: dict[str, list[Any]] = {
     "jpeg_compression": [25, 18, 15, 10, 7],
 }
 
-TABLES: dict[str, dict[str, list[Any]]] = {"cifar": CIFAR, "imagenet": IMAGENET}
+# make_tinyimagenet_c.py is make_cifar_c.py at IMSIZE = 64 with its own values (17 of the 19 differ
+# from ImageNet-C's; brightness and contrast are the same), so its functions take the CIFAR forms.
+TINY_IMAGENET: dict[str, list[Any]] = {
+    "gaussian_noise": [0.04, 0.08, 0.12, 0.15, 0.18],
+    "shot_noise": [250, 100, 50, 30, 15],
+    "impulse_noise": [0.01, 0.02, 0.05, 0.08, 0.14],
+    "speckle_noise": [0.15, 0.2, 0.25, 0.3, 0.35],
+    "defocus_blur": [(0.5, 0.6), (1, 0.1), (1.5, 0.1), (2.5, 0.01), (3, 0.1)],
+    "glass_blur": [(0.1, 1, 1), (0.5, 1, 1), (0.6, 1, 2), (0.7, 2, 1), (0.9, 2, 2)],
+    "motion_blur": [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)],
+    "zoom_blur": [_arange(1, 1.06, 0.01), _arange(1, 1.11, 0.01), _arange(1, 1.16, 0.01),
+                  _arange(1, 1.21, 0.01), _arange(1, 1.26, 0.01)],
+    "gaussian_blur": [0.5, 0.75, 1, 1.25, 1.5],
+    "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.8), (0.1, 0.2, 1, 0.5, 10, 4, 0.8),
+             (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65),
+             (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6)],
+    "frost": [(1, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55)],
+    "fog": [(0.4, 3), (0.7, 3), (1, 2.5), (1.5, 2), (2, 1.75)],
+    "spatter": [(0.62, 0.1, 0.7, 0.7, 0.6, 0), (0.65, 0.1, 0.8, 0.7, 0.6, 0),
+                (0.65, 0.3, 1, 0.69, 0.6, 0), (0.65, 0.1, 0.7, 0.68, 0.6, 1),
+                (0.65, 0.1, 0.5, 0.67, 0.6, 1)],
+    "brightness": [0.1, 0.2, 0.3, 0.4, 0.5],
+    "contrast": [0.4, 0.3, 0.2, 0.1, 0.05],
+    "saturate": [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (30, 0.2)],
+    # (alpha, sigma, affine jitter) as fractions of the image size (make_tinyimagenet_c uses IMSIZE=64)
+    "elastic_transform": [(0, 0, 0.08), (0.05, 0.3, 0.06), (0.1, 0.08, 0.06),
+                          (0.1, 0.03, 0.03), (0.16, 0.03, 0.02)],
+    "pixelate": [0.9, 0.8, 0.7, 0.6, 0.5],
+    "jpeg_compression": [65, 58, 50, 40, 25],
+}
+
+TABLES: dict[str, dict[str, list[Any]]] = {"cifar": CIFAR, "tiny_imagenet": TINY_IMAGENET, "imagenet": IMAGENET}
+
+# Tables whose functions follow Hendrycks' make_cifar_c.py forms, and the script's fixed image size
+# (IMSIZE): centred crop in the zoom helper, BOX up-sampling in pixelate, elastic = random affine +
+# field in fractions of IMSIZE, fog map of at least IMSIZE, the first five frost textures.
+# "imagenet" follows imagecorruptions instead.
+SCRIPT_SIZE: dict[str, int] = {"cifar": 32, "tiny_imagenet": 64}
 
 
 def params(name: str, severity: int, table: str) -> Any:

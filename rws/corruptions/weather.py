@@ -10,11 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from rws.corruptions import ops
+from rws.corruptions.params import SCRIPT_SIZE
 
 Tensor = torch.Tensor
 Gen = torch.Generator | None
 
 FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
+# make_cifar_c / make_tinyimagenet_c shrink the textures by a fixed factor before the random crop.
+_FROST_SHRINK = {"cifar": 0.2, "tiny_imagenet": 0.3}
 
 
 # ----------------------------------------------------------------------------- snow
@@ -22,7 +25,7 @@ def snow(x: Tensor, c: tuple, g: Gen, table: str) -> Tensor:
     loc, scale, zoom, thresh, radius, sigma, blend = c
     b, _, h, w = x.shape
     layer = loc + scale * ops.randn((b, 1, h, w), g, x.device)
-    trim = "center" if table == "cifar" else "topleft"
+    trim = "center" if table in SCRIPT_SIZE else "topleft"
     layer = ops.apply_separable(layer, ops.zoom_matrix(h, zoom, trim, x.device),
                                 ops.zoom_matrix(w, zoom, trim, x.device))
     layer = torch.where(layer < thresh, torch.zeros_like(layer), layer).clamp(0, 1)
@@ -67,9 +70,10 @@ def _frost_textures(table: str, h: int, w: int) -> tuple[Tensor, ...]:
     out = []
     for img in _frost_raw():
         fh, fw = img.shape[:2]
-        if table == "cifar":
-            # make_cifar_c shrinks the textures to 20 %; grow them if that is too small.
-            s = max(0.2, (h + 1) / fh, (w + 1) / fw)
+        if table in _FROST_SHRINK:
+            # make_cifar_c shrinks the textures to 20 % (make_tinyimagenet_c to 30 %); grow them if
+            # that is too small.
+            s = max(_FROST_SHRINK[table], (h + 1) / fh, (w + 1) / fw)
             img = cv2.resize(img, (0, 0), fx=s, fy=s)
         else:
             s = max(1.0, h / fh, w / fw) * 1.1
@@ -83,8 +87,8 @@ def _frost_textures(table: str, h: int, w: int) -> tuple[Tensor, ...]:
 def frost(x: Tensor, c: tuple, g: Gen, table: str) -> Tensor:
     b, _, h, w = x.shape
     tex = _frost_textures(table, h, w)
-    # make_cifar_c draws among the first five textures only.
-    n_tex = 5 if table == "cifar" else 6
+    # make_cifar_c (and make_tinyimagenet_c) draws among the first five textures only.
+    n_tex = 5 if table in SCRIPT_SIZE else 6
     idx = ops.randint(n_tex, (b,), g).tolist()
     u = torch.rand((b, 2), generator=g, dtype=torch.float64).tolist()
     crops = []
@@ -125,8 +129,8 @@ def plasma_fractal(b: int, mapsize: int, decay: float, g: Gen, device: torch.dev
 def fog(x: Tensor, c: tuple, g: Gen, table: str) -> Tensor:
     b, _, h, w = x.shape
     size = 1 << max(0, math.ceil(math.log2(max(h, w))))
-    if table == "cifar":
-        size = max(size, 32)  # make_cifar_c always draws a 32x32 map
+    if table in SCRIPT_SIZE:
+        size = max(size, SCRIPT_SIZE[table])  # make_cifar_c always draws a 32x32 map (Tiny: 64x64)
     frac = plasma_fractal(b, size, float(c[1]), g, x.device)[:, :h, :w].unsqueeze(1).to(x.dtype)
     max_val = x.amax((1, 2, 3), keepdim=True)
     return (x + c[0] * frac) * max_val / (max_val + c[0])

@@ -87,8 +87,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.std = _triple(std if std is not None else self.default_std, "std")
         table = corruption_table or self.default_corruption_table or (
             "cifar" if self.image_size <= 32 else "imagenet")
-        if table not in ("cifar", "imagenet"):
-            raise ValueError(f"corruption_table must be 'cifar' or 'imagenet', got {table!r}")
+        if table not in ("cifar", "tiny_imagenet", "imagenet"):
+            raise ValueError(f"corruption_table must be 'cifar', 'tiny_imagenet' or 'imagenet', got {table!r}")
         self.corruption_table = table
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -338,7 +338,7 @@ class TinyImageNetDataModule(ImageDataModule):
     default_name = "tiny_imagenet"
     default_num_classes = 200
     default_image_size = 64
-    default_corruption_table = "imagenet"
+    default_corruption_table = "tiny_imagenet"  # make_tinyimagenet_c.py's values (Tiny-ImageNet-C)
     default_mean = (0.4802, 0.4481, 0.3975)
     default_std = (0.2770, 0.2691, 0.2821)
 

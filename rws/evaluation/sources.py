@@ -58,13 +58,14 @@ def _chunks(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[Batch
 
 class DataSource(ABC):
     """The examples a suite measures on. ``corruption_table`` is the dataset's corruption parameter
-    table ("cifar" or "imagenet"), ``dataset_kind`` picks default threat radii."""
+    table ("cifar", "tiny_imagenet" or "imagenet"), ``dataset_kind`` picks default threat radii (ImageNet's
+    for both ImageNet tables)."""
 
     corruption_table: str = "cifar"
 
     @property
     def dataset_kind(self) -> str:
-        return "imagenet" if self.corruption_table == "imagenet" else "cifar"
+        return "imagenet" if self.corruption_table in ("imagenet", "tiny_imagenet") else "cifar"
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:

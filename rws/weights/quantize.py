@@ -1,8 +1,16 @@
 """Signature quantization with true bit widths.
 
-  * 32: float32 as is.
-  * 16: float16 storage (2 bytes/element).
-  * 8:  affine asymmetric uint8 per tensor. For a tensor t with range [lo, hi]:
+``quant`` picks the scheme: "float" (IEEE floating point of that width) or "linear" (affine integer
+codes, the paper's linear quantization). None = the natural one: float for 32 and 16, linear for 8.
+
+  * 32: float32 as is (float only).
+  * 16, quant="float" (the default): float16 storage (2 bytes/element).
+  * 16, quant="linear": affine asymmetric per tensor over 65536 levels, stored as int16 codes
+        q = clamp(round(t / scale + zero_point), −32768, 32767) with scale = (hi − lo) / 65535 and
+        zero_point = −lo / scale − 32768, so t̂ = (q − zero_point) · scale as for 8 bits. Scale and
+        zero point are stored as float64 scalars (the zero point can be far larger than 2^24, where
+        float32 would move the grid by whole levels); |t − t̂| ≤ scale/2 before the float32 cast.
+  * 8 (linear only):  affine asymmetric uint8 per tensor. For a tensor t with range [lo, hi]:
             scale = (hi − lo) / 255,  zero_point = −lo / scale,
             q = clamp(round(t / scale + zero_point), 0, 255)          (uint8)
             t̂ = (q − zero_point) · scale
@@ -22,17 +30,41 @@ from typing import Mapping
 import torch
 
 BITS = (32, 16, 8)
+QUANTS = ("float", "linear")
 SCALE = ".__scale"
 ZERO_POINT = ".__zero_point"
+# bits -> the schemes it offers; the first is the default (quant=None)
+_SCHEMES: dict[int, tuple[str, ...]] = {32: ("float",), 16: ("float", "linear"), 8: ("linear",)}
 
 
-def quantize_tensor(key: str, t: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
+def resolve_quant(bits: int, quant: str | None = None) -> str:
+    """The scheme for ``bits``: ``quant`` checked against what the width offers, or its default."""
+    if bits not in _SCHEMES:
+        raise ValueError(f"bits must be one of {BITS}, got {bits}")
+    if quant is None:
+        return _SCHEMES[bits][0]
+    if quant not in _SCHEMES[bits]:
+        offered = ", ".join(f"{b}: {'|'.join(q)}" for b, q in _SCHEMES.items())
+        raise ValueError(f"quant={quant!r} is not offered at {bits} bits; valid (bits: quant) {offered}")
+    return quant
+
+
+def _linear16(key: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    x = t.double()
+    lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
+    scale = (hi - lo) / 65535.0 if hi > lo else 1.0
+    zp = -lo / scale - 32768.0
+    q = torch.clamp(torch.round(x / scale + zp), -32768, 32767).to(torch.int16)
+    return {key: q.contiguous(), key + SCALE: torch.tensor(scale, dtype=torch.float64).reshape(()),
+            key + ZERO_POINT: torch.tensor(zp, dtype=torch.float64).reshape(())}
+
+
+def quantize_tensor(key: str, t: torch.Tensor, bits: int, quant: str | None = None) -> dict[str, torch.Tensor]:
+    quant = resolve_quant(bits, quant)
     if bits == 32:
         return {key: t.float().contiguous()}
     if bits == 16:
-        return {key: t.half().contiguous()}
-    if bits != 8:
-        raise ValueError(f"bits must be one of {BITS}, got {bits}")
+        return _linear16(key, t) if quant == "linear" else {key: t.half().contiguous()}
     x = t.double()
     lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
     scale = (hi - lo) / 255.0 if hi > lo else 1.0
@@ -42,10 +74,10 @@ def quantize_tensor(key: str, t: torch.Tensor, bits: int) -> dict[str, torch.Ten
             key + ZERO_POINT: torch.tensor(zp, dtype=torch.float64).float().reshape(())}
 
 
-def quantize_state(state: Mapping[str, torch.Tensor], bits: int) -> dict[str, torch.Tensor]:
+def quantize_state(state: Mapping[str, torch.Tensor], bits: int, quant: str | None = None) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():
-        out.update(quantize_tensor(k, v, bits))
+        out.update(quantize_tensor(k, v, bits, quant))
     return out
 
 
@@ -55,11 +87,11 @@ def dequantize_state(stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     for k, v in stored.items():
         if k.endswith(SCALE) or k.endswith(ZERO_POINT):
             continue
-        if v.dtype == torch.uint8:
+        if v.dtype in (torch.uint8, torch.int16):  # linear codes (8 and 16 bit)
             try:
                 scale, zp = stored[k + SCALE], stored[k + ZERO_POINT]
             except KeyError as e:
-                raise KeyError(f"uint8 tensor {k} lacks its {e.args[0]} sibling") from None
+                raise KeyError(f"{v.dtype} tensor {k} lacks its {e.args[0]} sibling") from None
             # float64 for the affine map so the bound scale/2 is not eaten by float32 rounding of q·scale
             out[k] = ((v.double() - zp.double()) * scale.double()).float()
         else:

@@ -2,13 +2,15 @@
 
 Tensors are keyed like the model's state dict:
   * weight keys (conv/linear weights, biases, BN affine) hold the RWS delta, quantized to ``bits``
-    (8-bit adds ``<key>.__scale`` / ``<key>.__zero_point``, see ``quantize``);
+    with scheme ``quant`` (linear codes, 8-bit uint8 or 16-bit int16, add ``<key>.__scale`` /
+    ``<key>.__zero_point``, see ``quantize``);
   * with ``bn_policy=robust``, ``*.running_mean`` / ``*.running_var`` of the kept layers hold the
     robust model's running statistics themselves (not a delta), always float32.
 
 Metadata (all strings; lists/dicts as JSON): format, arch_name, arch_hash (sha256 over the full
 "key:shape" list of θ_std), model_cfg, sources (path + sha256 of each model.safetensors), layers,
-keys, stat_keys, granularity, bits, corruption, severity, bn_policy, created_by.
+keys, stat_keys, granularity, bits, quant (float | linear; files without it: linear at 8 bits, float
+otherwise), corruption, severity, bn_policy, created_by.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from rws.utils.io import load_safetensors, save_safetensors
-from rws.weights.quantize import dequantize_state, quantize_state
+from rws.weights.quantize import dequantize_state, quantize_state, resolve_quant
 
 FORMAT = "rws-signature-v1"
 
@@ -36,6 +38,7 @@ class Signature:
     layers: list[str] = field(default_factory=list)
     granularity: str = "per_tensor"
     bits: int = 32
+    quant: str | None = None  # float | linear; None: the default for ``bits`` (rws.weights.quantize)
     corruption: str = ""
     severity: str = ""
     bn_policy: str = "robust"
@@ -61,7 +64,8 @@ def arch_hash(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def save_signature(path: str | os.PathLike, sig: Signature) -> Path:
-    stored = quantize_state(sig.rws, sig.bits)
+    quant = resolve_quant(int(sig.bits), sig.quant)
+    stored = quantize_state(sig.rws, sig.bits, quant)
     overlap = set(stored) & set(sig.stats)
     if overlap:
         raise ValueError(f"keys both in rws and stats: {sorted(overlap)[:5]}")
@@ -77,6 +81,7 @@ def save_signature(path: str | os.PathLike, sig: Signature) -> Path:
         "stat_keys": json.dumps(list(sig.stats)),
         "granularity": sig.granularity,
         "bits": str(sig.bits),
+        "quant": quant,
         "corruption": sig.corruption,
         "severity": str(sig.severity),
         "bn_policy": sig.bn_policy,
@@ -90,7 +95,14 @@ def load_signature(path: str | os.PathLike) -> Signature:
     stored, meta = load_safetensors(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not an rws signature file (format={meta.get('format')!r}, expected {FORMAT!r})")
-    keys, stat_keys = json.loads(meta["keys"]), json.loads(meta["stat_keys"])
+    try:
+        keys, stat_keys = json.loads(meta["keys"]), json.loads(meta["stat_keys"])
+    except (KeyError, ValueError) as e:
+        from rws.errors import UserError
+
+        problem = f"lacks {e}" if isinstance(e, KeyError) else f"is not valid JSON ({e})"
+        raise UserError(f"the signature's metadata {problem}", path,
+                        "expected a signature written by python -m rws.stages.extract") from None
     weights = dequantize_state({k: v for k, v in stored.items() if k.split(".__")[0] not in stat_keys})
     missing = [k for k in keys + stat_keys if k not in stored]
     if missing:
@@ -101,6 +113,7 @@ def load_signature(path: str | os.PathLike) -> Signature:
         layers=json.loads(meta.get("layers", "[]")),
         granularity=meta.get("granularity", ""),
         bits=int(meta.get("bits", 32)),
+        quant=meta.get("quant") or resolve_quant(int(meta.get("bits", 32))),
         corruption=meta.get("corruption", ""),
         severity=meta.get("severity", ""),
         bn_policy=meta.get("bn_policy", ""),

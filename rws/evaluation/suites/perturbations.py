@@ -83,12 +83,12 @@ class PerturbationSuite(Suite):
         return [Cell("perturbations", n, d) for n in self.names for d in self.difficulties]
 
     def table(self, source: DataSource) -> str:
-        """The schedule table: the ``table`` option, else by the data (CIFAR table -> cifar; other
-        images up to 64 px -> tiny_imagenet; larger -> imagenet)."""
+        """The schedule table: the ``table`` option, else by the data (CIFAR table -> cifar; Tiny-ImageNet
+        table -> tiny_imagenet; other images up to 64 px -> tiny_imagenet; larger -> imagenet)."""
         if self.config.get("table"):
             return str(self.config["table"])
-        if source.corruption_table == "cifar":
-            return "cifar"
+        if source.corruption_table in ("cifar", "tiny_imagenet"):
+            return source.corruption_table
         side = _image_side(source)
         return "tiny_imagenet" if side is not None and side <= 64 else "imagenet"
 

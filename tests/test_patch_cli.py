@@ -1,0 +1,53 @@
+"""``python -m rws.stages.patch ... bn_mix=convex``: the key composes and its value reaches the patch spec
+(through the stage's main on the composed config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rws.config import compose
+
+
+def _perturbed(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: (v + 0.01 * torch.randn(v.shape, generator=g)).abs() if k.endswith("running_var")
+            else (v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone())
+            for k, v in state.items()}
+
+
+@pytest.mark.parametrize("mix", ["convex", "affine"])
+def test_bn_mix_from_the_patch_cli_reaches_the_spec(tmp_path: Path, mix: str) -> None:
+    from rws.models import create_model
+    from rws.stages import patch as stage
+    from rws.stages.extract import extract_all
+    from rws.weights.export import load_export, save_export
+    from rws.weights.patching import Patcher
+    from rws.weights.signature_io import load_signature
+
+    cfg_model = {"name": "small_cnn", "num_classes": 3, "width": 0.125}
+    torch.manual_seed(0)
+    model = create_model(**cfg_model).eval()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    paths = {}
+    for i, name in enumerate(["init", "std", "fog"]):
+        model.load_state_dict(init if i == 0 else _perturbed(init, i))
+        paths[name] = str(save_export(tmp_path / name, model, cfg_model))
+    extract_all(paths["init"], paths["std"], {"fog": paths["fog"]}, tmp_path / "sigs", layers={"k": 2},
+                bits=32, bn_policy="robust", analysis=False)
+    sig = tmp_path / "sigs" / "fog.safetensors"
+    cfg = compose("patch", [f"base={paths['std']}", f"out={tmp_path / 'patched'}",
+                            f"signatures=[{{path: {sig}, alpha: 2.0}}]", f"bn_mix={mix}"])
+    assert cfg.bn_mix == mix
+    stage.main(cfg)  # the stage's task on the composed config, as `python -m rws.stages.patch` runs it
+    out = load_export(tmp_path / "patched")
+    record = out.metrics["config"]["patch"]
+    assert record["bn_mix"] == mix and record["spec"]["bn_mix"] == mix
+    # Σα = 2 > 1: convex (robust statistics) and affine (2·robust − std) give different statistics.
+    live = load_export(paths["std"]).build()
+    with Patcher(live, [(load_signature(sig), 2.0)], bn_mix=mix):
+        want = {k: v.clone() for k, v in live.state_dict().items()}
+    stat = next(k for k in load_signature(sig).stats if k.endswith("running_mean"))
+    assert torch.equal(out.state_dict[stat], want[stat])
