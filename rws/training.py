@@ -6,6 +6,7 @@ Kept out of the script so pipelines and tests can call it with a composed config
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 import time
 from pathlib import Path
@@ -133,6 +134,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
+    if os.environ.get("LOCAL_RANK", "0") == "0" and hasattr(datamodule, "prepare_data"):
+        datamodule.prepare_data()  # a missing or empty dataset fails here, before the run writes anything
     method = build_method(cfg)
     if cfg.get("init"):
         skipped = load_init(method.model, cfg.init, skip=list(cfg.get("init_skip") or []))

@@ -9,15 +9,15 @@ See docs/evaluation.md.
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from rws.evaluation.pipeline import evaluate
+from rws.cli.entry import hydra_entry
 
 
-# An absolute path: rws/conf is a data folder (no __init__.py), which Hydra only finds as a file path.
-@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@hydra_entry("evaluate")
 def main(cfg: DictConfig) -> float | None:
+    from rws.evaluation.pipeline import evaluate
+
     summary = evaluate(cfg)
     # Returned so a Hydra sweeper can optimize over specs: the first model's mean corruption accuracy.
     first = next(iter(summary["models"].values()), {})

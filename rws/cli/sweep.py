@@ -8,21 +8,21 @@ See docs/soups.md.
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
+from rws.cli.entry import hydra_entry
+from rws.errors import UserError
 
 
-# An absolute path: rws/conf is a data folder (no __init__.py), which Hydra only finds as a file path.
-@hydra.main(config_path="../conf", config_name="sweep", version_base="1.3")
+@hydra_entry("sweep")
 def main(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
 
     from rws.stages.sweep import run_sweep
 
     if not cfg.members and not cfg.specs and not (cfg.get("adapter") or {}).get("base"):
-        raise SystemExit("sweep.py: set members=[export_dir,...], specs=[...] or adapter.base=<adapter export> "
-                         "(see python sweep.py --help)")
+        raise UserError("nothing to sweep", "members, specs and adapter.base are all empty",
+                        "members=[export_dir,...], specs=[...] or adapter.base=<adapter export> (python sweep.py --help)")
     datamodule = instantiate(cfg.data)
     best = run_sweep(cfg, datamodule=datamodule, figures=bool(cfg.get("figures", True)))
     # Returned so a Hydra sweeper could optimize over sweep settings (None while other shards run).

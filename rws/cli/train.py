@@ -8,15 +8,40 @@ See README.md for every option.
 
 from __future__ import annotations
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
+from pathlib import Path
+
 from omegaconf import DictConfig
 
-from rws.training import finish_wandb, train
+from rws.cli.entry import hydra_entry
+from rws.errors import UserError
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def check_inputs(cfg: DictConfig) -> None:
+    """What can be checked before Lightning is imported and the run writes anything: the seed, and
+    that ``init`` and ``resume`` name files that exist."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserError(f"seed must be an integer, got {seed!r}", "option seed", "e.g. seed=0")
+    init = cfg.get("init")
+    if init:
+        p = Path(str(init))
+        if not (p.is_dir() or p.name == "model.safetensors" or (p.suffix == ".ckpt" and p.is_file())):
+            raise UserError(f"init={p} does not exist" if not p.exists() else f"init={p} is not a model",
+                            "option init", "an export directory (with model.safetensors), a model.safetensors "
+                            "file or a Lightning .ckpt")
+    resume = cfg.get("resume")
+    if resume and resume != "auto" and not Path(str(resume)).is_file():
+        raise UserError(f"resume={resume}: no such checkpoint", "option resume",
+                        "a Lightning .ckpt file, auto (<run dir>/checkpoints/last.ckpt) or null")
+
+
+@hydra_entry("train")
 def main(cfg: DictConfig) -> float | None:
+    check_inputs(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    from rws.training import finish_wandb, train  # imported here: a config error needs no Lightning
+
     try:
         metrics = train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
     finally:

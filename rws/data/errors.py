@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rws.errors import UserError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset is not where the config says; the message says what to put there and how.
 
     Subclasses FileNotFoundError so generic ``except FileNotFoundError`` handlers still catch it.

@@ -81,22 +81,29 @@ class ResultsWriter:
 
     def __init__(self, directory: str | os.PathLike, shard: Shard | None = None) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
         stem = f"results.{shard.suffix}" if shard else "results"
         self.jsonl = self.dir / f"{stem}.jsonl"
         self.csv = self.dir / f"{stem}.csv"
-        self._fh = open(self.jsonl, "a", encoding="utf-8")
+        # Opened at the first row: a run that fails before measuring anything (a bad input) leaves no file.
+        self._fh: Any = None
+
+    def _open(self) -> Any:
+        if self._fh is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.jsonl, "a", encoding="utf-8")
+        return self._fh
 
     def write(self, rows: Iterable[dict[str, Any]]) -> int:
         """Append rows (missing columns become ""), flush and fsync. Returns how many were written."""
         count = 0
+        fh = self._open()
         for row in rows:
             full = {c: row.get(c, "") for c in COLUMNS}
             full.update({k: v for k, v in row.items() if k not in full})
-            self._fh.write(json.dumps(full, default=str) + "\n")
+            fh.write(json.dumps(full, default=str) + "\n")
             count += 1
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        fh.flush()
+        os.fsync(fh.fileno())
         return count
 
     def existing_keys(self) -> set[CellKey]:
@@ -104,17 +111,20 @@ class ResultsWriter:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row of the directory, this writer's included."""
-        if not self._fh.closed:
+        if self._fh is not None and not self._fh.closed:
             self._fh.flush()
-        return read_dir(self.dir) if result_files(self.dir) else []
+        return read_dir(self.dir) if self.dir.is_dir() and result_files(self.dir) else []
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         return write_json(self.dir / SUMMARY, summary)
 
     def close(self) -> None:
-        if self._fh.closed:
+        if self._fh is not None:
+            if self._fh.closed:
+                return
+            self._fh.close()
+        elif not self.jsonl.is_file():  # nothing measured and nothing there before: write nothing
             return
-        self._fh.close()
         write_csv(self.csv, read_jsonl(self.jsonl))
 
     def __enter__(self) -> "ResultsWriter":

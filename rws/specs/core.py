@@ -113,12 +113,18 @@ def load_spec(path_or_dict: Any) -> dict[str, Any]:
             return validate({"kind": "export", "path": str(p.parent if p.is_file() else p)})
         if not p.is_file():
             raise FileNotFoundError(f"model spec not found: {p} (expected an export directory or a .yaml/.json spec)")
-        if p.suffix == ".json":
-            data = json.loads(p.read_text())
-        else:
-            from omegaconf import OmegaConf
+        try:
+            if p.suffix == ".json":
+                data = json.loads(p.read_text())
+            else:
+                from omegaconf import OmegaConf
 
-            data = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+                data = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+        except Exception as e:  # malformed YAML/JSON (or not text): name the file, not the parser's internals
+            if not isinstance(e, (ValueError, UnicodeDecodeError)) and type(e).__module__.split(".")[0] not in (
+                    "yaml", "omegaconf"):
+                raise
+            raise SpecError(f"cannot parse the model spec {p} ({' '.join(str(e).split())})") from None
         return validate(data, where=str(p))
     return validate(path_or_dict)
 

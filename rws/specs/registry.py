@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from torch import nn
 
+from rws.errors import UserError
+
 if TYPE_CHECKING:  # the context imports core, which imports this module
     from rws.specs.context import BuildContext
 
 
-class SpecError(ValueError):
-    """A malformed model spec."""
+class SpecError(UserError):
+    """A malformed model spec (a user mistake: the entry points print it as one line)."""
 
 
 @dataclass(frozen=True)

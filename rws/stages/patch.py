@@ -12,12 +12,14 @@ same spec; the spec and its id are recorded in metrics.json.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import hydra
 from omegaconf import DictConfig
 
+from rws.cli.entry import hydra_entry
+from rws.errors import UserError
 from rws.specs import build, spec_id, validate
 from rws.utils.config import to_plain
 from rws.utils.io import sha256_file
@@ -31,6 +33,16 @@ def patch_export(base: str, signatures: Sequence[Mapping[str, Any]], out: str | 
                  calibration: Mapping[str, Any] | None = None, run_cfg: dict[str, Any] | None = None) -> Path:
     if not signatures:
         raise ValueError("signatures is empty: pass signatures='[{path: FILE, alpha: 1.0}]'")
+    if isinstance(signatures, (str, Mapping)):
+        signatures = [signatures]  # type: ignore[list-item]
+    for i, s in enumerate(signatures):
+        if not isinstance(s, Mapping) or not s.get("path"):
+            raise UserError(f"signatures[{i}] is {s!r}", "option signatures",
+                            "a list of mappings, e.g. 'signatures=[{path: sigs/fog.safetensors, alpha: 1.0}]'")
+        alpha = s.get("alpha", 1.0)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise UserError(f"alpha of {s['path']} is {alpha!r}", f"option signatures[{i}].alpha",
+                            "a finite number, e.g. alpha: 0.5")
     export = load_export(base)
     sigs = [{"path": str(s["path"]), "alpha": float(s.get("alpha", 1.0))} for s in signatures]
     spec: dict[str, Any] = {"kind": "patch", "base": {"kind": "export", "path": str(export.path)},
@@ -44,7 +56,7 @@ def patch_export(base: str, signatures: Sequence[Mapping[str, Any]], out: str | 
     return save_export(out, model, export.model_cfg, metrics={}, run_cfg={**(run_cfg or {}), "patch": record})
 
 
-@hydra.main(config_path="../conf", config_name="patch", version_base="1.3")
+@hydra_entry("patch")
 def main(cfg: DictConfig) -> None:
     path = patch_export(cfg.base, to_plain(cfg.signatures) or [], cfg.out, bn_policy=cfg.bn_policy,
                         bn_mix=cfg.bn_mix, calibration=to_plain(cfg.calibration), run_cfg=to_plain(cfg))

@@ -28,11 +28,12 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from rws.cli.entry import hydra_entry
+from rws.errors import UserError
 from rws.models.vgg import VGG16_CFG
 from rws.utils.io import write_json, write_text
 
@@ -147,8 +148,25 @@ def markdown(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def check_inputs(presets: list[str] | None, models: list[Mapping[str, Any]] | None) -> None:
+    """Known preset names; each extra model a mapping with a name, an integer num_classes and k."""
+    for p in presets or []:
+        if p not in PRESETS:
+            raise UserError(f"unknown preset {p!r}", "option presets", f"names from {', '.join(PRESETS)}")
+    for i, m in enumerate(models or []):
+        if not isinstance(m, Mapping) or "name" not in m or "num_classes" not in m:
+            raise UserError(f"models[{i}] is {m!r}", f"option models[{i}]",
+                            "a mapping {name: <model>, num_classes: <int>, k: <int>}")
+        for key in ("num_classes", "k"):
+            v = m.get(key, 5)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"{key}={v!r} is not a positive integer", f"option models[{i}].{key}",
+                                "an integer >= 1")
+
+
 def storage_report(out: str | Path | None = None, presets: list[str] | None = None,
                    models: list[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    check_inputs(presets, models)
     reports = [report_preset(p) for p in (presets if presets is not None else list(PRESETS))]
     reports += [report_rws_model(**dict(m)) for m in (models or [])]
     if out is not None:
@@ -158,7 +176,7 @@ def storage_report(out: str | Path | None = None, presets: list[str] | None = No
     return reports
 
 
-@hydra.main(config_path="../conf", config_name="storage", version_base="1.3")
+@hydra_entry("storage")
 def main(cfg: DictConfig) -> None:
     reports = storage_report(cfg.out, presets=list(cfg.presets),
                              models=OmegaConf.to_container(cfg.models, resolve=True) or [])

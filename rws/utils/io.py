@@ -101,10 +101,18 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     if not path.is_file():
         raise FileNotFoundError(f"safetensors file not found: {path}")
     tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = dict(f.metadata() or {})
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+    except Exception as e:  # truncated, a pickle, a text file, ...: the library's message names no file
+        if type(e).__name__ != "SafetensorError" and not isinstance(e, (OSError, ValueError)):
+            raise
+        from rws.errors import UserError
+
+        raise UserError(f"not a readable safetensors file ({e})", path,
+                        "expected a complete safetensors file written by rws (re-create it if it was cut short)") from e
     return tensors, meta
 
 

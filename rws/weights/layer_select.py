@@ -67,10 +67,14 @@ def select_layers(groups: Groups, state_keys: Sequence[str], k: int | str | None
     elif k is None or (isinstance(k, str) and k.lower() in ("all", "full")):
         chosen = list(groups)
     else:
-        k = int(k)
         body = groups[:-1]  # the last group is the head: never a "shallow" layer
+        try:
+            k = int(k)
+        except (TypeError, ValueError):
+            raise ValueError(f"layers.k={k!r} is not a number of layers; expected 1..{len(body)} or all") from None
         if not 0 < k <= len(body):
-            raise ValueError(f"layers.k={k} but the network has {len(body)} non-head layers")
+            raise ValueError(f"layers.k={k} but the network has {len(body)} non-head layers; expected "
+                             f"1..{len(body)}, all (every layer), or layers.names / layers.regex")
         chosen = body[:k]
     keys = sorted({key for _, gkeys in chosen for key in gkeys if _keepable(key) and key in order},
                   key=order.__getitem__)

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from rws.errors import UserError
 from rws.weights.bn import recalibrate
 from rws.weights.signature_io import Signature, load_signature
 
@@ -42,7 +43,7 @@ BN_MIXES = ("affine", "convex")
 SigLike = Signature | str | os.PathLike
 
 
-class SignatureMismatchError(ValueError):
+class SignatureMismatchError(UserError):
     """A signature does not fit the model (missing key, wrong shape, other architecture)."""
 
 

@@ -35,6 +35,11 @@ class SpecGenerator(ABC):
     def model(self, index: int, device: torch.device) -> nn.Module:
         """The model of spec ``index`` (may reuse one module: it is used before the next call)."""
 
+    def check(self, device: torch.device) -> None:
+        """Read what the specs need, so a bad input (a missing or foreign export, members of different
+        architectures) fails before the sweep writes anything. A generator that builds one model for
+        every spec builds it here and keeps it."""
+
     def labels(self) -> list[str]:
         """Short names for the ``model`` column."""
         return [specs_mod.spec_name(s) for s in self.specs()]
@@ -90,8 +95,8 @@ class SoupGrid(SpecGenerator):
     def specs(self) -> list[dict[str, Any]]:
         return self._specs
 
-    def model(self, index: int, device: torch.device) -> nn.Module:
-        if self._soup is None:  # built on first use, so a finished sweep loads no export
+    def check(self, device: torch.device) -> None:
+        if self._soup is None:  # built once, before anything is written
             from rws.weights.export import load_export
             from rws.weights.functional_soup import InPlaceSoup
 
@@ -99,6 +104,9 @@ class SoupGrid(SpecGenerator):
             # Attacks need input gradients only; frozen parameters spare a backward into the weights.
             model = exports[0].build(device).requires_grad_(False)
             self._soup = InPlaceSoup(model, [e.state_dict for e in exports], names=self.members, affine=self.affine)
+
+    def model(self, index: int, device: torch.device) -> nn.Module:
+        self.check(device)
         calib = self.calibration() if self.bn == "recalibrate" else None
         return self._soup.set(self.weights[index], calibration=calib)
 
@@ -195,9 +203,17 @@ class AdapterBetaGrid(SpecGenerator):
         return self._specs
 
     def model(self, index: int, device: torch.device) -> nn.Module:
-        from rws.models.contracts import has_modes, set_mode
+        from rws.models.contracts import set_mode
 
-        if self._model is None:  # built on first use, so a finished sweep loads no export
+        self.check(device)
+        point = self.points[index]
+        set_mode(self._model, point[0] if len(point) == 1 else point)
+        return self._model
+
+    def check(self, device: torch.device) -> None:
+        from rws.models.contracts import has_modes
+
+        if self._model is None:  # built once (check(), before anything is written)
             from rws.weights.export import load_export
 
             # Attacks need input gradients only; frozen parameters spare a backward into the weights.
@@ -205,9 +221,6 @@ class AdapterBetaGrid(SpecGenerator):
             if not has_modes(self._model):
                 raise ValueError(f"adapter.base {self.base} is not an adapter model (it declares no clean/robust "
                                  f"modes); train it with model.adapter=<kind>")
-        point = self.points[index]
-        set_mode(self._model, point[0] if len(point) == 1 else point)
-        return self._model
 
     def labels(self) -> list[str]:
         return [("beta=" + ",".join(f"{v:g}" for v in p)) for p in self.points]

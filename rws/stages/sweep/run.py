@@ -105,6 +105,7 @@ def run_sweep(cfg: Mapping[str, Any], datamodule: Any = None, x: torch.Tensor | 
     plan, selections = plan_targets(targets, subset, corrupt_fn)
 
     specs = generator.specs()
+    generator.check(device)  # a bad member fails here, before sweep.json
     sids = [specs_mod.spec_id(s) for s in specs]
     labels, extras = generator.labels(), generator.extras()
     write_json(out / SWEEP_JSON, {"generator": generator.describe(), "noun": generator.noun, "spec_ids": sids,
