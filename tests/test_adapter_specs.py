@@ -221,7 +221,6 @@ def test_patch_embed_weight_picks_the_mode(tmp_path: Path) -> None:
 
 
 def test_plane_sweep_writes_the_token_plane(tmp_path: Path) -> None:
-    pytest.importorskip("pyautoattack")
     from rws.stages.sweep.run import _adapter_figures, run_sweep
 
     # Token pooling: the cls token is the head's input, so the four corners answer differently.

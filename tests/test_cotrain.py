@@ -391,9 +391,8 @@ def test_pgd_adam_in_robust_correct_and_the_suite(trained) -> None:
         AdversarialSuite({"name": "adversarial", "attacks": ["pgd40"]})
 
 
-# ----- the real adapter model (once rws.models.adapters exists) ------------------------------------
+# ----- the real adapter model --------------------------------------------------------------------
 def test_vit_cls_token_adapter_cotrains_for_two_steps() -> None:
-    pytest.importorskip("rws.models.adapters")
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -423,7 +422,6 @@ def test_vit_cls_token_adapter_cotrains_for_two_steps() -> None:
 
 
 def test_train_config_builds_cotrain_on_an_adapter_model() -> None:
-    pytest.importorskip("rws.models.adapters")
     from hydra import compose, initialize_config_dir
 
     from rws.config import CONF_DIR

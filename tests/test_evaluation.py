@@ -241,7 +241,6 @@ def test_corruption_suite_from_arrays(tmp_path: Path) -> None:
 
 
 def test_adversarial_suite_rows() -> None:
-    pytest.importorskip("pyautoattack")
     opts = {"threats": [{"norm": "linf", "eps": 8 / 255}, {"norm": "l2", "eps": 0.5}], "n_iter": 2}
     res = evaluate_suite(tiny_model(), {"name": "adversarial", **opts}, TestStream(FakeDataModule(), 8))
     rows = result_rows(res)
@@ -317,7 +316,6 @@ def test_evaluate_composes_runs_and_resumes(tmp_path: Path, capsys) -> None:
 
 
 def test_adding_a_threat_evaluates_only_it(tmp_path: Path, monkeypatch) -> None:
-    pytest.importorskip("pyautoattack")
     import rws.attacks.evaluate as ev
     from rws.evaluation.pipeline import evaluate
 
@@ -372,7 +370,6 @@ def test_sharded_evaluate_gives_the_unsharded_rows(tmp_path: Path) -> None:
 
 
 def test_evaluate_logs_a_wandb_table_offline(tmp_path: Path, monkeypatch) -> None:
-    pytest.importorskip("wandb")
     from rws.evaluation.pipeline import evaluate
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -206,7 +206,6 @@ def test_recalibrated_patch_spec(tmp_path: Path, std_kind: None) -> None:
 
 def test_real_model_extract_patch_export(tmp_path: Path) -> None:
     """vgg16_bn (narrow) through extract -> signature file -> patch stage -> export."""
-    pytest.importorskip("rws.models.factory")
     from rws.models import create_model
     from rws.stages.extract import extract_all
     from rws.stages.patch import patch_export

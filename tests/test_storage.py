@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from rws.stages.storage import markdown, mb, report_preset, storage_report, storage_rows
 
 
@@ -35,7 +33,6 @@ def test_truncation_and_rows() -> None:
 
 
 def test_rws_models_vgg16_agrees(tmp_path: Path) -> None:
-    pytest.importorskip("rws.models.factory")
     reports = storage_report(tmp_path, presets=["vgg16_cifar10"], models=[{"name": "vgg16", "num_classes": 10, "k": 5}])
     assert reports[1]["n_params"] == reports[0]["n_params"] and reports[1]["n_shallow"] == 555_328
     assert json.loads((tmp_path / "storage.json").read_text())[0]["rows"]["shallow_16"]["mb"] == 79.9

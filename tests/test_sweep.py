@@ -158,7 +158,6 @@ def test_changed_settings_are_measured_again(tmp_path, measured):
 
 
 def test_front_and_adversarial(tmp_path):
-    pytest.importorskip("pyautoattack")
     members = _exports(tmp_path, 2)
     x, y = _data(8)
     out = tmp_path / "front"
@@ -305,7 +304,6 @@ def test_sweep_help_runs():
 
 
 def test_sweep_cli_on_digits_with_wandb_and_tables(tmp_path):
-    pytest.importorskip("wandb")
     members = _exports(tmp_path, 2)
     out = tmp_path / "cli"
     r = subprocess.run([sys.executable, "sweep.py", f"members=[{members[0]},{members[1]}]", f"out={out}",

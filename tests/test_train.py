@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -176,11 +177,20 @@ def test_train_exports_and_resumes(tmp_path: Path) -> None:
     model = exp.build()
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # no unpickling of code
-    assert ckpt["epoch"] == 0
-    # resume=auto continues from last.ckpt to a later epoch in the same run dir
+    steps = ckpt["global_step"]  # optimizer steps of one epoch
+    assert ckpt["epoch"] == 0 and steps > 0
+    # resume=auto continues from last.ckpt to a later epoch in the same run dir. Both runs log to
+    # csv/metrics.csv: keep the first run's rows aside, so the file then holds the second run's only.
+    (run / "csv" / "metrics.csv").rename(run / "csv" / "metrics.first.csv")
     p = _train(tmp_path, f"hydra.run.dir={run}", "resume=auto", "trainer.max_epochs=2")
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * steps
+    # Resumed, not restarted: the second run trained epoch 1 only (a restart logs epoch 0 again),
+    # its optimizer steps continuing from the checkpoint's.
+    train_rows = [r for r in csv.DictReader((run / "csv" / "metrics.csv").open()) if r.get("train/acc")]
+    assert [(int(r["epoch"]), int(r["step"])) for r in train_rows] == [(1, 2 * steps - 1)]
     assert not list(run.rglob("*.tmp"))
 
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 import rws.specs as specs_mod
 from rws.evaluation.engine import Engine, ModelJob, PlannedCell, plan_cells
-from rws.evaluation.results import read_results
+from rws.evaluation.results import cell_key, read_results
 from rws.evaluation.shards import parse_shard
 from rws.evaluation.sources import CorruptFn, TestStream
 from rws.evaluation.suites import make_suite
@@ -76,7 +76,9 @@ def plan(suites: list[dict[str, Any]], datamodule: Any, corrupt_fn: CorruptFn | 
 def evaluate(cfg: DictConfig, build_fn: Callable[..., Any] | None = None,
              corrupt_fn: CorruptFn | None = None, datamodule: Any = None) -> dict[str, Any]:
     """Evaluate every spec (this shard's share with ``shard=i/n``) on every suite; append rows to
-    cfg.out and write summary.json from every row there. ``build_fn``/``corrupt_fn``/``datamodule``
+    cfg.out and write summary.json from the rows of this plan there (every spec x every planned cell,
+    other shards' rows included; rows of other settings, e.g. another ``test_subset``, severities or
+    threats, stay in the files but are not summarized). ``build_fn``/``corrupt_fn``/``datamodule``
     replace the real ones (tests)."""
     from hydra.utils import instantiate
 
@@ -102,7 +104,10 @@ def evaluate(cfg: DictConfig, build_fn: Callable[..., Any] | None = None,
         all_jobs = [ModelJob(specs_mod.spec_id(s), "", "", lambda: None) for s in specs]
         missing = sum(len(c) for _j, c in engine.todo(all_jobs, cells))
 
-        rows = engine.rows()
+        # The rows of this plan only: a cell measured earlier with other settings (another
+        # test_subset, severity list, threat list, ...) must not enter this run's numbers.
+        planned = {p.row_key(specs_mod.spec_id(s)) for s in specs for p in cells}
+        rows = [r for r in engine.rows() if cell_key(r) in planned]
         baseline_rows = read_results(cfg.baseline_results) if cfg.get("baseline_results") else None
         per_model = summarize(rows, baseline_rows, cfg.get("baseline_model"))
         # In the order the specs were given (rows arrive shard by shard): tables keep this order.
