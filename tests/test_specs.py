@@ -128,7 +128,7 @@ def test_validation_errors_name_kind_and_key() -> None:
 
 
 @pytest.mark.parametrize("source, match", [
-    ({"split": "test", "batches": 2}, r"calibration\.split: only 'train' is supported"),
+    ({"split": "test", "batches": 2}, r"calibration\.split must be 'train' .* or 'val'"),
     ({"split": "train"}, r"missing key 'batches'"),
     ({"batches": 0}, r"calibration\.batches must be a positive integer"),
     ({"batches": 2, "corruption": "fgo"}, r"calibration\.corruption: unknown corruption 'fgo'"),
