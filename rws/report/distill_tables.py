@@ -144,7 +144,11 @@ def claims(models: dict[str, Record], flips: list[Record]) -> list[tuple[str, st
                     f"{_pct(a)} vs {_pct(b)} (mean FP, %)"))
     curve = [(a, c) for a, _, c in fraction_curve(models) if c is not None]
     if len(curve) >= 2:
-        out.append(("more distillation data helps (Fig. 1)", verdict(curve[-1][1] - curve[0][1]),
+        # "held" needs the whole curve to rise (no drop of MARGIN or more between neighbours), not
+        # only the end points.
+        rising = all(b - a > -MARGIN for (_, a), (_, b) in zip(curve, curve[1:]))
+        v = verdict(curve[-1][1] - curve[0][1])
+        out.append(("more distillation data helps (Fig. 1)", v if rising or v != "held" else "undecided (not monotone)",
                     ", ".join(f"a={a:g}: {_pct(c)}" for a, c in curve)))
     return out
 
