@@ -125,6 +125,41 @@ def test_errors_list_valid_names(natural: torch.Tensor) -> None:
     assert torch.equal(corrupt(natural, "JPEG", 2), corrupt(natural, "jpeg_compression", 2))
 
 
+def test_bad_inputs_raise_naming_the_argument(natural: torch.Tensor) -> None:
+    from rws.corruptions.api import MIN_SIZE, MIN_SIZE_BY_NAME
+    from rws.errors import UserError
+
+    x = natural[:2]
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    bad = [((x * 255).to(torch.uint8), r"floating.*uint8.*divide"), (x * 255, r"\[0, 1\].*divide by 255"),
+           (x * 2 - 1, r"values in \[0, 1\]"), (x.to(torch.int64), "floating"), (x > 0.5, "floating"),
+           (x.to(torch.complex64), "floating"), (nan, "NaN"), (x.numpy(), "torch.Tensor"),
+           (x[0], r"shape \(B, 3, H, W\)"), (torch.rand(2, 1, 32, 32), r"shape \(B, 3, H, W\)"),
+           (torch.rand(1, 3, 1, 1), f"at least {MIN_SIZE}x{MIN_SIZE}"),
+           (torch.rand(1, 3, 32, MIN_SIZE - 1), f"at least {MIN_SIZE}x{MIN_SIZE}")]
+    with pytest.raises(UserError, match="at least 8x8 pixels for glass_blur"):
+        corrupt(torch.rand(1, 3, 7, 32), "glass_blur", 1)
+    for arg, msg in bad:
+        with pytest.raises(UserError, match=r"corrupt: x.*" + msg if "NaN" not in msg else msg):
+            corrupt(arg, "fog", 1)
+    for sev in (None, 0, 6, 2.0, "3", True):
+        with pytest.raises(ValueError, match=r"severity must be an int in \[1, 2, 3, 4, 5\]"):
+            corrupt(x, "fog", sev)
+    for gen in (0, 7, np.random.default_rng(0)):
+        with pytest.raises(ValueError, match="generator must be None or a torch.Generator"):
+            corrupt(x, "gaussian_noise", 1, generator=gen)
+    # the smallest size, float rounding just outside [0, 1], numpy ints and empty batches still work
+    small = torch.rand(2, 3, MIN_SIZE_BY_NAME["glass_blur"], MIN_SIZE_BY_NAME["glass_blur"])
+    assert corrupt(small, "glass_blur", 5, table="imagenet").shape == small.shape
+    assert corrupt(torch.rand(2, 3, MIN_SIZE, MIN_SIZE), "fog", 5, table="imagenet").isfinite().all()
+    edge = x.clone()
+    edge[0, 0, 0, 0], edge[0, 0, 0, 1] = 1 + 1e-7, -1e-7
+    assert corrupt(edge, "fog", int(np.int64(2))).shape == x.shape
+    assert corrupt(edge, "fog", np.int64(2)).shape == x.shape
+    assert corrupt(x[:0], "fog", 1).shape == (0, 3, 32, 32)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_cpu_cuda_agree(natural: torch.Tensor, name: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rws.utils.io import save_safetensors, write_text
+from rws.utils.io import load_safetensors, save_safetensors, write_text
 from rws.weights.layer_select import fallback_groups, select_layers
 from rws.weights.quantize import SCALE, ZERO_POINT, dequantize_state, quantize_state, quantize_tensor
 from rws.weights.signature_io import Signature, arch_hash, load_signature, save_signature
@@ -118,6 +118,29 @@ def test_quantize_8bit_error_bound() -> None:
         back = dequantize_state(q)["w"]
         scale = float(q["w" + SCALE])
         assert (back - t).abs().max() <= scale / 2 * (1 + 1e-4) + 1e-7 * float(t.abs().max())
+
+
+def test_quantize_8bit_bound_small_range_far_from_zero(tmp_path: Path) -> None:
+    # float32 scale/zero point gave 0.61·scale on the first and scale 0 on the second
+    for t in (1 + torch.linspace(0, 1e-4, 1000), torch.tensor([0.0, 1e-44])):
+        q = quantize_tensor("w", t, 8)
+        assert q["w" + SCALE].dtype == q["w" + ZERO_POINT].dtype == torch.float64
+        scale = float(q["w" + SCALE])
+        assert scale > 0
+        back = dequantize_state(q)["w"]
+        # the grid gives scale/2 in float64; the float32 cast of the result adds half an ulp (2^-24 relative)
+        assert float((back - t).abs().max()) <= scale / 2 + 2.0 ** -24 * float(t.abs().max())
+    # a signature file written with float32 scale/zero point (before the change) still loads
+    g = torch.Generator().manual_seed(0)
+    sig = Signature(rws={"0.weight": torch.randn(4, 3, generator=g) * 1e-2}, stats={}, layers=["0"], bits=8,
+                    corruption="fog", severity="5")
+    path = save_signature(tmp_path / "fog.safetensors", sig)
+    stored, meta = load_safetensors(path)
+    old = {k: (v.float() if v.dtype == torch.float64 else v) for k, v in stored.items()}
+    save_safetensors(old, tmp_path / "old.safetensors", metadata=meta)
+    back = load_signature(tmp_path / "old.safetensors").rws["0.weight"]
+    scale = float(old["0.weight" + SCALE])
+    assert float((back - sig.rws["0.weight"]).abs().max()) <= scale / 2 * (1 + 1e-4) + 1e-9
 
 
 def test_quantize_16_and_32() -> None:

@@ -14,10 +14,14 @@ codes, the paper's linear quantization). None = the natural one: float for 32 an
             scale = (hi − lo) / 255,  zero_point = −lo / scale,
             q = clamp(round(t / scale + zero_point), 0, 255)          (uint8)
             t̂ = (q − zero_point) · scale
-        stored as ``<key>`` (uint8), ``<key>.__scale`` and ``<key>.__zero_point`` (float32 scalars).
-        The zero point is kept as a float (not rounded to an integer) so the grid spans exactly
-        [lo, hi]: nothing is clipped and |t − t̂| ≤ scale/2 for every element. A constant tensor
-        gets scale = 1 and is reproduced exactly.
+        stored as ``<key>`` (uint8), ``<key>.__scale`` and ``<key>.__zero_point`` (float64 scalars,
+        computed in float64 as for linear 16 bits: in float32 a range small against its offset, e.g.
+        1 + [0, 1e-4], moved the grid by a good part of a step, and a denormal range such as
+        [0, 1e-44] got scale 0). The zero point is kept as a float (not rounded to an integer) so
+        the grid spans exactly [lo, hi]: nothing is clipped and |t − t̂| ≤ scale/2 for every element
+        before the float32 cast of t̂ (which adds at most half a float32 ulp of t̂). A constant tensor
+        (or one whose range/levels is not a normal float64) gets scale = 1 and its error is at most
+        its range. Files written with float32 scale/zero point still load (dequantized in float64).
 
 (The official RWS code's "quantization" argument is a number of levels, not bits; here ``bits``
 means bits per stored element.)
@@ -25,6 +29,8 @@ means bits per stored element.)
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Mapping
 
 import torch
@@ -49,14 +55,21 @@ def resolve_quant(bits: int, quant: str | None = None) -> str:
     return quant
 
 
-def _linear16(key: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+def _linear(key: str, t: torch.Tensor, qmin: int, qmax: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Affine codes in [qmin, qmax]; scale and zero point computed and stored in float64."""
     x = t.double()
     lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
-    scale = (hi - lo) / 65535.0 if hi > lo else 1.0
-    zp = -lo / scale - 32768.0
-    q = torch.clamp(torch.round(x / scale + zp), -32768, 32767).to(torch.int16)
+    scale = (hi - lo) / float(qmax - qmin)
+    if not (math.isfinite(scale) and scale >= sys.float_info.min):  # constant, or a denormal step
+        scale = 1.0
+    zp = -lo / scale + qmin
+    q = torch.clamp(torch.round(x / scale + zp), qmin, qmax).to(dtype)
     return {key: q.contiguous(), key + SCALE: torch.tensor(scale, dtype=torch.float64).reshape(()),
             key + ZERO_POINT: torch.tensor(zp, dtype=torch.float64).reshape(())}
+
+
+def _linear16(key: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    return _linear(key, t, -32768, 32767, torch.int16)
 
 
 def quantize_tensor(key: str, t: torch.Tensor, bits: int, quant: str | None = None) -> dict[str, torch.Tensor]:
@@ -65,13 +78,7 @@ def quantize_tensor(key: str, t: torch.Tensor, bits: int, quant: str | None = No
         return {key: t.float().contiguous()}
     if bits == 16:
         return _linear16(key, t) if quant == "linear" else {key: t.half().contiguous()}
-    x = t.double()
-    lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
-    zp = -lo / scale
-    q = torch.clamp(torch.round(x / scale + zp), 0, 255).to(torch.uint8)
-    return {key: q.contiguous(), key + SCALE: torch.tensor(scale, dtype=torch.float64).float().reshape(()),
-            key + ZERO_POINT: torch.tensor(zp, dtype=torch.float64).float().reshape(())}
+    return _linear(key, t, 0, 255, torch.uint8)
 
 
 def quantize_state(state: Mapping[str, torch.Tensor], bits: int, quant: str | None = None) -> dict[str, torch.Tensor]:
