@@ -128,11 +128,17 @@ def run_task(task: TaskFunction, cfg: Any) -> Any:
         check_required(cfg)
         return task(cfg)
     except Exception as e:
-        err = user_error(e)
-        if err is None:
-            raise
-        OutputGuard.undo()
-        report(err)
+        _report_user_error_or_reraise(e)
+
+
+def _report_user_error_or_reraise(e: Exception) -> NoReturn:
+    """A user error undoes Hydra's writes and becomes the one line (exit 2); anything else is a bug
+    and is re-raised with its traceback. Call it from an ``except`` block."""
+    err = user_error(e)
+    if err is None:
+        raise e
+    OutputGuard.undo()
+    report(err)
 
 
 def hydra_entry(config_name: str) -> Callable[[TaskFunction], Callable[[], Any]]:
@@ -159,11 +165,7 @@ def hydra_entry(config_name: str) -> Callable[[TaskFunction], Callable[[], Any]]
             try:
                 return app()
             except Exception as e:
-                err = user_error(e)
-                if err is None:
-                    raise
-                OutputGuard.undo()
-                report(err)
+                _report_user_error_or_reraise(e)
             finally:
                 if old is None:
                     os.environ.pop("HYDRA_FULL_ERROR", None)

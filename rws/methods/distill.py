@@ -76,7 +76,7 @@ class DistillModule(ClassifierModule):
                          data_fraction=float(data_fraction), augment=augment, seed=int(seed), **kw)
         if student is not None and not any(p.is_meta for p in self.model.parameters()):
             self.model = _student_from_export(model, Path(str(student)))
-            self.reset_ema_module()
+            self.reset_ema()  # the average restarts at the pre-trained weights
         self.temperature, self.kd, self.data_fraction = float(temperature), bool(kd), float(data_fraction)
         self.augment_cfg = augment
         self._gen = torch.Generator().manual_seed(int(seed))
@@ -89,18 +89,9 @@ class DistillModule(ClassifierModule):
         self._teacher: list[nn.Module] = []
         self._augmenter = None
 
-    def reset_ema_module(self) -> None:
-        if self.ema is not None:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(self.model, decay=self.ema.decay)
-            self.ema.requires_grad_(False)
-
     def on_train_start(self) -> None:
         # The tuned/total parameter counts (the supplement's Table 5) go into metrics.json.
-        from rws.models.contracts import _head_owner
-
-        for key, value in _head_owner(self.model).parameter_counts.items():
+        for key, value in self.model.net.parameter_counts.items():
             self.log(f"student/params_{key}", float(value), on_step=False, on_epoch=True, rank_zero_only=True)
 
     # ----- the step -----------------------------------------------------------------------------
@@ -125,13 +116,12 @@ class DistillModule(ClassifierModule):
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         from rws.models.contracts import head_features, head_names, default_head
-        from rws.models.contracts import _head_owner  # the MultiHeadStudent inside Normalized
 
         n = len(y)
         k = max(1, round(self.data_fraction * n))
         idx = torch.randperm(n, generator=self._gen)[:k].to(x.device)
         x_aug, y_aug = self.augment(x[idx]), y[idx]
-        student = _head_owner(self.model)
+        student = self.model.net  # the MultiHeadStudent inside Normalized
         f = head_features(self.model, torch.cat([x, x_aug]))
         f_clean, f_aug = f[:n], f[n:]
         teacher = self.teacher_logits(x_aug) if self.kd else None

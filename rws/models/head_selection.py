@@ -72,6 +72,12 @@ def selection_score(probs: torch.Tensor, heads: tuple[str, ...], w_uncertainty: 
                     clean_head: str = "clean", unclean_head: str = "unclean") -> torch.Tensor:
     """(B,) the shift score; each weight scales only its own term."""
     u, kl = score_terms(probs, heads, uncertainty, clean_head, unclean_head)
+    return combine_terms(u, kl, w_uncertainty, w_kl, u_ref, kl_ref)
+
+
+def combine_terms(u: torch.Tensor, kl: torch.Tensor, w_uncertainty: float = 1.0, w_kl: float = 1.0,
+                  u_ref: float | None = None, kl_ref: float | None = None) -> torch.Tensor:
+    """w_uncertainty · U_mc / u_ref + w_kl · KL / kl_ref (a reference of None is 1)."""
     score = torch.zeros_like(u)
     if w_uncertainty:
         score = score + float(w_uncertainty) * u / max(float(u_ref or 1.0), _TINY)
@@ -115,8 +121,8 @@ def calibrate_mc_dropout_kl(probs: torch.Tensor, heads: tuple[str, ...], **optio
         if options.get(key) is None:
             out[key] = max(float(values.mean()), _TINY)
     merged = {**options, **out}
-    score = selection_score(probs, heads, merged.get("w_uncertainty", 1.0), merged.get("w_kl", 1.0), kind,
-                            merged.get("u_ref"), merged.get("kl_ref"), clean_head, unclean_head)
+    score = combine_terms(u, kl, merged.get("w_uncertainty", 1.0), merged.get("w_kl", 1.0), merged.get("u_ref"),
+                          merged.get("kl_ref"))
     q = float(options.get("quantile", 0.9))
     if not 0.0 < q < 1.0:
         raise ValueError(f"select.quantile must be in (0, 1), got {q}")

@@ -186,6 +186,7 @@ def report(root: Path, out: Path) -> str:
     flips = flip_rate_records(flip_rows) if flip_rows else []
     points = fraction_curve(models)
     figure = fraction_figure(points, out / "fraction_curve.png")
+    verdicts = claims(models, flips)
     parts = ["# Efficiently robustify pre-trained models: CPU-scale results\n\n",
              "## Table 1 analog: accuracy (%)\n", table1(per_model(t1)),
              "\n## Table 2 analog: F_correct (fraction sent to the right head)\n", table2(models),
@@ -200,11 +201,11 @@ def report(root: Path, out: Path) -> str:
              "\n## Fig. 1 analog: data fraction a\n",
              _table(["a", "clean", "corruptions"], [[f"{a:g}", _pct(c), _pct(r)] for a, c, r in points]),
              *([f"\n![fraction curve]({figure.name})\n"] if figure else []),
-             "\n## Claims\n", _table(["claim", "verdict", "numbers"], [list(c) for c in claims(models, flips)])]
+             "\n## Claims\n", _table(["claim", "verdict", "numbers"], [list(c) for c in verdicts])]
     text = "".join(parts)
     write_text(out / "distill.md", text)
     write_json(out / "distill.json", {"models": models, "flips": flips, "fraction": points,
-                                      "claims": claims(models, flips)})
+                                      "claims": verdicts})
     return text
 
 
