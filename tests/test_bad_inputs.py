@@ -61,6 +61,7 @@ CASES = [
     Case("train-seed-type", (*TRAIN, "seed=abc"), "seed"),
     Case("train-missing-resume", (*TRAIN, "resume={FX}/nope.ckpt"), "{FX}/nope.ckpt"),
     Case("train-missing-required", (*TRAIN, "data=image_folder"), "root"),
+    Case("train-lr-type", (*TRAIN, "method.optim.lr=abc"), "method.optim.lr"),
     # -- evaluate.py
     Case("eval-missing-export", (*EVALUATE, *EVAL, "models=[{FX}/nope/export]"), "{FX}/nope/export"),
     Case("eval-truncated-export", (*EVALUATE, *EVAL, "models=[{FX}/truncated]"), "{FX}/truncated/model.safetensors"),
@@ -72,6 +73,9 @@ CASES = [
     Case("eval-soup-other-arch", (*EVALUATE, *EVAL, "specs=[{kind: soup, members: [{spec: {kind: export, path: "
                                   "{FX}/std}, weight: 0.5}, {spec: {kind: export, path: {FX}/wide}, weight: 0.5}]}]"),
          "{FX}/wide"),
+    Case("eval-soup-nan-weight", (*EVALUATE, *EVAL, "specs=[{kind: soup, members: [{spec: {kind: export, path: "
+                                  "{FX}/std}, weight: .nan}, {spec: {kind: export, path: {FX}/robust}, weight: 0.5}]}]"),
+         "members[0].weight"),
     Case("eval-unknown-data", (*EVALUATE, *EVAL, "models=[{FX}/std]", "data=nope"), "data"),
     Case("eval-unknown-suite", (*EVALUATE, "out={OUT}", "models=[{FX}/std]", "suite=nope"), "suite"),
     Case("eval-unknown-corruption", (*EVALUATE, *EVAL[:1], "models=[{FX}/std]", "device=cpu",
@@ -109,6 +113,8 @@ CASES = [
     Case("patch-bn-mix", (*PATCH, *PATCH_OK, f"'signatures=[{{path: {SIG}}}]'", "bn_mix=nope"), "bn_mix"),
     # -- python -m rws.stages.storage
     Case("storage-unknown-preset", (*STORAGE, "out={OUT}", "presets=[nope]"), "nope"),
+    Case("storage-model-extra-key", (*STORAGE, "out={OUT}", "presets=[]",
+                                     "'models=[{name: small_cnn, num_classes: 10, bogus: 1}]'"), "bogus"),
     Case("storage-k-type", (*STORAGE, "out={OUT}", "presets=[]", "'models=[{name: small_cnn, num_classes: 10, k: abc}]'"),
          "k"),
 ]

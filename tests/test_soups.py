@@ -137,3 +137,11 @@ def test_build_soup_from_exports(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         build(spec)
 
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_soup_weight_is_refused_naming_its_position(bad: float) -> None:
+    from rws.weights.soups import check_weights
+
+    with pytest.raises(ValueError, match=r"soup weight 1 is .*expected a finite number"):
+        check_weights([0.5, bad], 2, affine=False)

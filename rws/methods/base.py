@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from rws.methods.mixing import BatchMixer, hard_labels
-from rws.methods.optim import build_optimizer, lr_factor
+from rws.methods.optim import build_optimizer, check_optimizer_config, lr_factor
 from rws.methods.step import StepOutput
 from rws.utils.config import to_plain
 from rws.weights.export import build_model
@@ -33,6 +33,7 @@ class ClassifierModule(pl.LightningModule):
                  **method_kwargs: Any) -> None:
         super().__init__()
         model, optim, sched = to_plain(model), to_plain(optim or {}), to_plain(sched or {})
+        check_optimizer_config(optim)
         mixup, ema = to_plain(mixup) or None, to_plain(ema) or None
         method_kwargs = {k: to_plain(v) for k, v in method_kwargs.items()}
         self.save_hyperparameters({"model": model, "optim": optim, "sched": sched,

@@ -15,12 +15,34 @@ OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("none", "cosine", "multistep", "piecewise")
 
 
+def _number(cfg: dict[str, Any], key: str, default: float) -> float:
+    """``cfg[key]`` as a finite float; a bad value names its option (``method.optim.<key>``)."""
+    value = cfg.get(key, default)
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = float("nan")
+    if isinstance(value, bool) or not math.isfinite(out):
+        raise ValueError(f"method.optim.{key}={value!r} is not a finite number, expected e.g. {default}")
+    return out
+
+
+def check_optimizer_config(cfg: dict[str, Any]) -> None:
+    """Raise on a bad ``method.optim`` before training starts (configure_optimizers runs after the
+    loggers have written their first files)."""
+    name = str(cfg.get("name", "sgd")).lower()
+    if name not in OPTIMIZERS:
+        raise ValueError(f"method.optim.name={name!r} is not one of {OPTIMIZERS}")
+    for key, default in (("lr", 0.1), ("weight_decay", 0.0), ("momentum", 0.9)):
+        _number(cfg, key, default)
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
     name = str(cfg.get("name", "sgd")).lower()
-    lr = float(cfg.get("lr", 0.1))
-    wd = float(cfg.get("weight_decay", 0.0))
+    lr = _number(cfg, "lr", 0.1)
+    wd = _number(cfg, "weight_decay", 0.0)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(cfg.get("momentum", 0.9)),
+        return torch.optim.SGD(params, lr=lr, momentum=_number(cfg, "momentum", 0.9),
                                weight_decay=wd, nesterov=bool(cfg.get("nesterov", False)))
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=tuple(cfg.get("betas", (0.9, 0.999))))

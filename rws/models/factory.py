@@ -7,6 +7,7 @@ shares: argument checks, the width/pretrained rules, the name tag layer_groups r
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,6 +89,7 @@ def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_ME
         options["width"] = width
     if entry.pretrained:
         options["pretrained"] = bool(pretrained)
+    _check_options(name, entry.build, args, num_classes, options)
     net = entry.build(*args, num_classes, **options)
     setattr(net, MODEL_NAME_ATTR, name)
     if adapter is not None:
@@ -101,3 +103,23 @@ def create_model(name: str, num_classes: int, mean: Sequence[float] = DEFAULT_ME
 
         net = MultiHeadStudent(net, heads)
     return Normalized(net, mean=mean, std=std)
+
+
+def _check_options(name: str, build: Any, args: tuple, num_classes: int, options: dict[str, Any]) -> None:
+    """An option the architecture does not take is the user's mistake (a misspelt key in a model
+    config): say which one and what it takes, instead of Python's TypeError from inside the build.
+    Builders that forward ``**kwargs`` (timm families) are left to their own checks."""
+    try:
+        sig = inspect.signature(build)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    try:
+        sig.bind(*args, num_classes, **options)
+    except TypeError:
+        taken = [p for p in sig.parameters if p not in ("num_classes",) and p not in ("arch", "name")]
+        unknown = sorted(set(options) - set(sig.parameters))
+        what = f"unknown option(s) {', '.join(repr(u) for u in unknown)}" if unknown else "options that do not fit"
+        raise ValueError(f"{what} for model {name!r} (model.{unknown[0] if unknown else name}), "
+                         f"expected options among {taken}") from None

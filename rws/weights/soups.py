@@ -15,6 +15,7 @@ Conventions (shared with rws.weights.functional_soup so both give identical tens
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -33,6 +34,11 @@ def check_weights(weights: Sequence[Any], n: int, affine: bool = True, tol: floa
     """Validate soup weights; Fractions are checked exactly, floats within ``tol``."""
     if len(weights) != n:
         raise ValueError(f"{len(weights)} soup weight(s) for {n} member(s)")
+    # A NaN/inf weight would silently give NaN weights in every soup tensor: refuse it here, where
+    # the weights come in, naming the position.
+    bad = [i for i, w in enumerate(weights) if not math.isfinite(float(w))]
+    if bad:
+        raise ValueError(f"soup weight {bad[0]} is {weights[bad[0]]!r}, expected a finite number")
     if affine:
         if all(isinstance(w, (Fraction, int)) for w in weights):
             ok = sum(Fraction(w) for w in weights) == 1

@@ -9,6 +9,8 @@ layer's statistics on the ``calibration`` source (rws.specs.calibration); withou
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable
 
 from torch import nn
@@ -31,8 +33,8 @@ def check_soup(spec: dict[str, Any], where: str) -> None:
         if not isinstance(m, dict) or "spec" not in m:
             raise SpecError(f"{where}.members[{i}]: missing key 'spec': {m!r}")
         w = m.get("weight", 0.0)
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise SpecError(f"{where}.members[{i}].weight must be a number, got {w!r}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise SpecError(f"{where}.members[{i}].weight must be a finite number, got {w!r}")
     bn = spec.get("bn", "combine")
     if bn not in SOUP_BN_POLICIES:
         raise SpecError(f"{where}.bn must be one of {', '.join(SOUP_BN_POLICIES)}, got {bn!r}")
