@@ -22,7 +22,7 @@ NUM_CLASSES = 7
 
 # Reduced variants keep CPU forwards fast; the layer rules do not depend on width or depth.
 SMALL_KW: dict[str, dict] = {
-    "vgg16": {"width": 0.25}, "vgg16_bn": {"width": 0.25}, "resnet18_cifar": {"width": 0.25},
+    "vgg16": {"width": 0.25}, "vgg16_bn": {"width": 0.25}, "vgg16_gn": {"width": 0.25}, "resnet18_cifar": {"width": 0.25},
     "resnet50_cifar": {"width": 0.25}, "preact_resnet18": {"width": 0.25},
     "wrn28_10": {"depth": 10, "widen_factor": 1}, "small_cnn": {},
     "resnet50": {}, "vit_tiny_patch4_32": {}, "vit_small_patch4_32": {"depth": 2}, "vit_cpu_patch4_32": {},
@@ -65,6 +65,7 @@ def _numel(model: nn.Module) -> int:
 @pytest.mark.parametrize(("name", "num_classes", "expected"), [
     ("vgg16", 10, 14_719_818),
     ("vgg16_bn", 10, 14_728_266),
+    ("vgg16_gn", 10, 14_728_266),        # GroupNorm has BN's affine parameters, no running statistics
     ("resnet50", 200, 23_917_832),       # 95.7 MB in fp32
     ("resnet18_cifar", 10, 11_173_962),
     ("wrn28_10", 10, 36_479_194),

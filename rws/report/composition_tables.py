@@ -1,0 +1,157 @@
+"""Composition tables and figure (the RWS paper's Fig. 8) from rws_composition's result files.
+
+    python -m rws.report.composition_tables --out outputs/rws_composition
+
+Per network: one row per evaluated model (θ_std, the dedicated θ_c, each single signature, the
+coefficient sets), accuracy % on clean data, on each composed corruption, their mean, and the mean
+over the corruptions that were not composed. A verdict per network says whether the paper's claim
+holds there: some composition with Σα ≤ 1 gains on the composed corruptions (mean, ≥ 1 point over
+θ_std) while clean and not-composed accuracy drop by at most ``TOLERANCE`` points.
+Files: composition.md, composition.json, figures/composition.png (gain over θ_std per condition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from rws.evaluation.results import read_results
+from rws.utils.io import write_json, write_text
+
+# Points of clean / not-composed accuracy a composition may lose and still count as "minimal loss",
+# and the least mean gain on the composed corruptions that counts as a gain (1,000 test images:
+# one point is 10 images).
+TOLERANCE = 2.0
+MIN_GAIN = 1.0
+
+
+def accuracy_by_model(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """model name -> condition ('clean' or a corruption) -> accuracy in %."""
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r.get("metric") != "accuracy":
+            continue
+        cond = "clean" if r["suite"] == "clean" else str(r["condition"])
+        out.setdefault(str(r["model"]), {})[cond] = 100.0 * float(r["value"])
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals and len(vals) == len(values) else None
+
+
+def network_table(acc: Mapping[str, Mapping[str, float]], rows: list[list[str]], composed: list[str],
+                  others: list[str]) -> list[dict[str, Any]]:
+    """Records of one network's table, in the plan's row order."""
+    records = []
+    for label, model in rows:
+        a = acc.get(model, {})
+        rec: dict[str, Any] = {"row": label, "model": model, "clean": a.get("clean")}
+        rec.update({c: a.get(c) for c in composed})
+        rec["composed mean"] = _mean([a.get(c) for c in composed])
+        rec["others mean"] = _mean([a.get(c) for c in others])
+        records.append(rec)
+    return records
+
+
+def verdict(records: list[dict[str, Any]], coefficient_sets: Mapping[str, list[float]]) -> dict[str, Any]:
+    """Whether some composition with Σα ≤ 1 gains on the composed corruptions at minimal loss."""
+    base = records[0]
+    if base["clean"] is None or base["composed mean"] is None:
+        return {"holds": None, "why": "θ_std has no results"}
+    checked = []
+    for rec in records:
+        coefs = coefficient_sets.get(rec["row"])
+        if coefs is None or sum(coefs) > 1.0 + 1e-9 or rec["composed mean"] is None:
+            continue
+        gain = rec["composed mean"] - base["composed mean"]
+        clean_drop = base["clean"] - rec["clean"]
+        other_drop = (base["others mean"] - rec["others mean"]) if rec["others mean"] is not None else 0.0
+        ok = gain >= MIN_GAIN and clean_drop <= TOLERANCE and other_drop <= TOLERANCE
+        checked.append({"row": rec["row"], "gain": round(gain, 2), "clean_drop": round(clean_drop, 2),
+                        "others_drop": round(other_drop, 2), "holds": ok})
+    holding = [c for c in checked if c["holds"]]
+    return {"holds": bool(holding), "compositions": checked,
+            "rule": f"Σα ≤ 1, composed mean +{MIN_GAIN:g} points or more, clean and others down ≤ {TOLERANCE:g}"}
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def to_markdown(net: str, model: str, records: list[dict[str, Any]], composed: list[str], v: Mapping[str, Any]) -> str:
+    cols = ["clean", *composed, "composed mean", "others mean"]
+    lines = [f"### {net} (`model={model}`)", "", "| model | " + " | ".join(cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for rec in records:
+        lines.append(f"| {rec['row']} | " + " | ".join(_fmt(rec[c]) for c in cols) + " |")
+    if v.get("holds") is None:
+        lines += ["", f"Verdict: undecided ({v.get('why')})."]
+    else:
+        good = [c["row"] for c in v["compositions"] if c["holds"]]
+        lines += ["", f"Verdict ({v['rule']}): " + (f"**holds** for {', '.join(good)}." if good else "**not held**.")]
+    return "\n".join(lines)
+
+
+def figure(tables: Mapping[str, list[dict[str, Any]]], composed: list[str], others: list[str], path: Path) -> Path:
+    """Gain over θ_std (points) per row and condition, one heatmap per network."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conds = ["clean", *composed, *[f"others mean"]]
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 5.5), squeeze=False)
+    for ax, (net, recs) in zip(axes[0], tables.items()):
+        base = recs[0]
+        grid = [[(r[c] - base[c]) if r[c] is not None and base[c] is not None else float("nan") for c in conds]
+                for r in recs[1:]]
+        im = ax.imshow(grid, cmap="RdBu", vmin=-20, vmax=20, aspect="auto")
+        ax.set_xticks(range(len(conds)), conds, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(recs) - 1), [r["row"] for r in recs[1:]], fontsize=7)
+        ax.set_title(f"{net}: accuracy − θ_std (points)", fontsize=9)
+        for i, row in enumerate(grid):
+            for j, val in enumerate(row):
+                if val == val:
+                    ax.text(j, i, f"{val:+.0f}", ha="center", va="center", fontsize=6)
+        fig.colorbar(im, ax=ax, shrink=0.6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, info: Mapping[str, Any]) -> str:
+    composed, others = list(info["composed"]), list(info["others"])
+    parts = [f"## Composition (Fig. 8 protocol), severity {info['severity']}, accuracy %", ""]
+    tables: dict[str, list[dict[str, Any]]] = {}
+    verdicts: dict[str, Any] = {}
+    for net, meta in info["networks"].items():
+        res_dir = out / net / "eval"
+        rows = read_results(res_dir) if (res_dir / "results.jsonl").exists() else []
+        recs = network_table(accuracy_by_model(rows), meta["rows"], composed, others)
+        tables[net] = recs
+        verdicts[net] = verdict(recs, info["coefficient_sets"])
+        parts += [to_markdown(net, meta["model"], recs, composed, verdicts[net]), ""]
+    md = "\n".join(parts)
+    write_text(out / "composition.md", md)
+    write_json(out / "composition.json", {"tables": tables, "verdicts": verdicts, "plan": dict(info)})
+    if any(r["clean"] is not None for recs in tables.values() for r in recs):
+        figure(tables, composed, others, out / "figures" / "composition.png")
+    return md
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="outputs/rws_composition", help="the rws_composition output directory")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    print(write_report(out, json.loads((out / "plan.json").read_text())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The composition study (rws.pipelines.rws_composition, rws.report.composition_tables) and the
+VGG variants it trains (no norm with the official init, GroupNorm)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rws.models import create_model, layer_groups
+from rws.pipelines import rws_composition as rc
+from rws.report import composition_tables as ct
+
+
+def test_vgg_variants_differ_only_in_their_norm() -> None:
+    plain = create_model("vgg16", 10, width=0.25).net
+    gn = create_model("vgg16_gn", 10, width=0.25).net
+    bn = create_model("vgg16_bn", 10, width=0.25).net
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)) for m in plain.modules())
+    gns = [m for m in gn.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(gns) == 13 and all(m.num_channels % m.num_groups == 0 for m in gns)
+    assert not [k for k in gn.state_dict() if "running" in k]  # a GN signature is weights only
+    assert len(layer_groups(create_model("vgg16_gn", 10, width=0.25))) == len(layer_groups(
+        create_model("vgg16_bn", 10, width=0.25)))
+    assert sum(p.numel() for p in gn.parameters()) == sum(p.numel() for p in bn.parameters())
+
+
+def test_official_init_is_kaiming_fan_out_with_zero_bias() -> None:
+    torch.manual_seed(0)
+    net = create_model("vgg16", 10, width=1.0, init="official").net
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    for m in convs[4:]:  # enough elements for the std to be within 3 %
+        expected = math.sqrt(2.0 / (9 * m.out_channels))
+        assert abs(float(m.weight.std()) / expected - 1) < 0.03
+        assert float(m.bias.abs().max()) == 0.0
+    with pytest.raises(ValueError, match="init"):
+        create_model("vgg16", 10, init="nope")
+
+
+def test_plan_trains_extracts_and_evaluates_each_network(tmp_path: Path) -> None:
+    steps = rc.plan(rc.Settings.smoke(), tmp_path)
+    names = [s.name for s in steps]
+    for net in rc.NETWORKS:
+        assert f"{net}/init" in names and f"{net}/std" in names and f"{net}/sigs" in names
+        assert all(f"{net}/robust/{c}" in names for c in rc.COMPOSED)
+        model = next(s for s in steps if s.name == f"{net}/init").argv
+        assert f"model={rc.NETWORKS[net]}" in model
+    ev = next(s for s in steps if s.name == "eval/vgg_composition")
+    # every spec file names the run's signatures and base
+    specs = [json.loads(json.dumps(__import__("yaml").safe_load(v))) for v in ev.files.values()]
+    assert len(specs) == len(rc.row_specs(tmp_path, "vgg"))
+    uniform = next(sp for sp in specs if sp.get("name") == rc.spec_name((0.25,) * 4))
+    assert [s["alpha"] for s in uniform["signatures"]] == [0.25] * 4
+    assert {Path(s["path"]).stem for s in uniform["signatures"]} == set(rc.COMPOSED)
+    # the official-code convention: (α/n)² per signature for α = 1, n = 4
+    assert rc.COEFFICIENT_SETS["official default ((α/n)², α = 1)"] == ((1 / 4) ** 2,) * 4
+    bn_rows = [label for label, _ in rc.row_specs(tmp_path, "vgg_bn")]
+    assert "α = 1 each, bn_mix: convex" in bn_rows
+    assert "α = 1 each, bn_mix: convex" not in [label for label, _ in rc.row_specs(tmp_path, "vgg")]
+
+
+def _rows(acc: dict[str, dict[str, float]]) -> list[dict]:
+    rows = []
+    for model, conds in acc.items():
+        for cond, v in conds.items():
+            suite = "clean" if cond == "clean" else "corruptions"
+            rows.append({"model": model, "suite": suite, "condition": cond, "level": 5, "metric": "accuracy",
+                         "value": v / 100})
+    return rows
+
+
+def test_table_and_verdict_from_hand_made_rows(tmp_path: Path) -> None:
+    composed, others = list(rc.COMPOSED), list(rc.OTHERS)
+    std = {"clean": 60.0, **{c: 30.0 for c in composed}, **{o: 40.0 for o in others}}
+    uniform = {"clean": 59.0, **{c: 34.0 for c in composed}, **{o: 39.5 for o in others}}
+    strong = {"clean": 40.0, **{c: 45.0 for c in composed}, **{o: 20.0 for o in others}}
+    acc = ct.accuracy_by_model(_rows({"std": std, "u": uniform, "s": strong}))
+    assert acc["u"]["fog"] == pytest.approx(34.0)
+    rows = [["θ_std (unpatched)", "std"], ["uniform (Σα = 1)", "u"], ["α = 1 each (Σα = 4)", "s"]]
+    recs = ct.network_table(acc, rows, composed, others)
+    assert recs[1]["composed mean"] == pytest.approx(34.0) and recs[1]["others mean"] == pytest.approx(39.5)
+    v = ct.verdict(recs, {k: list(c) for k, c in rc.COEFFICIENT_SETS.items()})
+    assert v["holds"] is True
+    # Σα = 4 is not judged (the paper's claim is about coefficient sets of "different specialties")
+    assert [c["row"] for c in v["compositions"]] == ["uniform (Σα = 1)"]
+    assert v["compositions"][0] == {"row": "uniform (Σα = 1)", "gain": 4.0, "clean_drop": 1.0,
+                                    "others_drop": 0.5, "holds": True}
+    # the same gain with 3 points of clean accuracy lost does not count
+    lossy = {**uniform, "clean": 57.0}
+    recs = ct.network_table(ct.accuracy_by_model(_rows({"std": std, "u": lossy})), rows[:2], composed, others)
+    assert ct.verdict(recs, {k: list(c) for k, c in rc.COEFFICIENT_SETS.items()})["holds"] is False
+
+
+def test_write_report_writes_markdown_json_and_figure(tmp_path: Path) -> None:
+    from rws.utils.io import write_text
+
+    info = rc.plan_info(rc.Settings(networks=["vgg"]), tmp_path)
+    std_name = info["networks"]["vgg"]["rows"][0][1]
+    uni_name = dict(info["networks"]["vgg"]["rows"])["uniform (Σα = 1)"]
+    composed, others = list(rc.COMPOSED), list(rc.OTHERS)
+    rows = _rows({std_name: {"clean": 60.0, **{c: 30.0 for c in composed + others}},
+                  uni_name: {"clean": 59.5, **{c: 33.0 for c in composed}, **{o: 30.0 for o in others}}})
+    write_text(tmp_path / "vgg" / "eval" / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    md = ct.write_report(tmp_path, info)
+    assert "| uniform (Σα = 1) | 59.5 | 33.0 | 33.0 | 33.0 | 33.0 | 33.0 | 30.0 |" in md
+    assert "**holds** for uniform (Σα = 1)" in md
+    saved = json.loads((tmp_path / "composition.json").read_text())
+    assert saved["verdicts"]["vgg"]["holds"] is True
+    assert (tmp_path / "figures" / "composition.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
