@@ -29,6 +29,7 @@ from rws.evaluation.results import CellKey, ResultsWriter, level_str, now
 from rws.evaluation.shards import Shard
 from rws.evaluation.sources import DataSource
 from rws.evaluation.suites import Suite
+from rws.utils.io import fault_point
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class Engine:
                                "settings": p.key, "seed": p.suite.seed, "git": self.git, "timestamp": stamp,
                                **job.extra} for r in res.rows)
             self.existing.add(key)
+            fault_point("cell")  # crash-safety tests only: a no-op unless RWS_FAULT_KILL_AT=cell[:n]
         return res
 
     def rows(self) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from rws.evaluation.shards import Shard
-from rws.utils.io import write_json, write_text
+from rws.utils.io import fault_point, write_json, write_text
 
 COLUMNS = ("spec_id", "spec", "model", "suite", "condition", "level", "metric", "value", "n", "settings",
            "seed", "git", "timestamp")
@@ -90,21 +90,31 @@ class ResultsWriter:
     def _open(self) -> Any:
         if self._fh is None:
             self.dir.mkdir(parents=True, exist_ok=True)
+            repair_torn_tail(self.jsonl)  # else the first row appended would be glued onto a killed run's torn row
             self._fh = open(self.jsonl, "a", encoding="utf-8")
         return self._fh
 
     def write(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Append rows (missing columns become ""), flush and fsync. Returns how many were written."""
-        count = 0
-        fh = self._open()
+        """Append rows (missing columns become ""), flush and fsync. Returns how many were written.
+        The rows go out in one write, so a kill leaves all of them, none, or a torn last line (which
+        readers skip and the next writer cuts off), not some of a cell's rows."""
+        lines = []
         for row in rows:
             full = {c: row.get(c, "") for c in COLUMNS}
             full.update({k: v for k, v in row.items() if k not in full})
-            fh.write(json.dumps(full, default=str) + "\n")
-            count += 1
+            lines.append(json.dumps(full, default=str) + "\n")
+        text = "".join(lines)
+        fh = self._open()
+
+        def torn() -> None:  # fault injection (rws.utils.io.fault_point): a kill mid-write
+            fh.write(text[: len(text) // 2])
+            fh.flush()
+
+        fault_point("append-torn", torn)
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-        return count
+        return len(lines)
 
     def existing_keys(self) -> set[CellKey]:
         return {cell_key(r) for r in self.rows()}
@@ -125,6 +135,8 @@ class ResultsWriter:
             self._fh.close()
         elif not self.jsonl.is_file():  # nothing measured and nothing there before: write nothing
             return
+        else:
+            repair_torn_tail(self.jsonl)
         write_csv(self.csv, read_jsonl(self.jsonl))
 
     def __enter__(self) -> "ResultsWriter":
@@ -132,6 +144,46 @@ class ResultsWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def repair_torn_tail(path: str | os.PathLike) -> bool:
+    """End a JSONL file on a whole line: a run killed mid-append can leave its last line cut short
+    (no newline). That line is cut off, or ended with a newline if it is a whole row. The file's own
+    writer calls this before appending (one writer per file: shards have their own). True if it
+    changed the file."""
+    try:
+        f = open(path, "rb+")
+    except FileNotFoundError:
+        return False
+    with f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return False
+        cut, pos = 0, size
+        while pos > 0:  # the start of the last line
+            step = min(1 << 16, pos)
+            pos -= step
+            f.seek(pos)
+            i = f.read(step).rfind(b"\n")
+            if i >= 0:
+                cut = pos + i + 1
+                break
+        f.seek(cut)
+        try:
+            whole = isinstance(json.loads(f.read()), dict)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            whole = False
+        if whole:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:

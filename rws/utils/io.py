@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -43,10 +44,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600 whatever the umask; the result gets the mode of any file the user
         # writes (0666 minus the umask), so exports and results are readable by the group as usual.
         os.chmod(tmp_path, 0o666 & ~_umask())
+        fault_point(f"replace/{path.name}")
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# Fault injection, for the crash-safety tests only (tests/test_crash_safety.py): they SIGKILL train.py,
+# evaluate.py and sweep.py at exact points (polling the files from outside and killing is racy) and check
+# that a kill never leaves a torn file and that a rerun finishes without redoing finished work. A no-op
+# unless RWS_FAULT_KILL_AT=<label>[:<n>] is set: the process kills itself the n-th time (default 1) it
+# reaches the point <label>. Labels (docs/CONTRACTS.md, "Crash safety"): replace/<file name> (atomic_path,
+# temp file written, before the rename), append-torn (ResultsWriter.write, half of the rows' bytes on
+# disk), cell (Engine, a measured cell's rows on disk).
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(label: str, before_kill: Callable[[], Any] | None = None) -> None:
+    """Kill this process (SIGKILL) here if RWS_FAULT_KILL_AT names ``label`` (see above);
+    ``before_kill`` runs first (e.g. writes the torn half of a row)."""
+    want = os.environ.get("RWS_FAULT_KILL_AT")
+    if not want:
+        return
+    name, _, n = want.rpartition(":")
+    if not (name and n.isdigit()):
+        name, n = want, "1"
+    if name != label:
+        return
+    _fault_hits[label] = _fault_hits.get(label, 0) + 1
+    if _fault_hits[label] == int(n):
+        if before_kill is not None:
+            before_kill()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -56,7 +86,12 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text(path, json_text(obj))
+
+
+def json_text(obj: Any) -> str:
+    """The text ``write_json`` writes: indented JSON, tensors and paths as plain values."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
 
 
 def _json_default(o: Any) -> Any:

@@ -11,6 +11,7 @@ Reading an export needs neither Lightning nor pickle.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from rws.utils.io import load_safetensors, save_safetensors, sha256_file, write_json, write_text
+from rws.utils.io import atomic_path, json_text, load_safetensors, sha256_file
 from rws.utils.provenance import provenance
 
 MODEL_FILE = "model.safetensors"
@@ -60,16 +61,30 @@ def build_model(model_cfg: dict[str, Any]) -> nn.Module:
 
 def save_export(path: str | os.PathLike, model: nn.Module, model_cfg: dict[str, Any],
                 metrics: dict[str, Any] | None = None, run_cfg: dict[str, Any] | None = None) -> Path:
-    """Write model.safetensors, model.yaml and metrics.json atomically into ``path``."""
+    """Write model.safetensors, model.yaml and metrics.json into ``path``, so that a crash at any
+    point never leaves new weights beside an old model.yaml or metrics.json (e.g. a resumed run
+    re-exporting into its run dir). All three are written whole to temp files first (until then the
+    old export is untouched); then the old model.yaml and metrics.json are removed and the three
+    renamed into place: weights, model.yaml, metrics.json (the file pipelines take for "done") last.
+    A kill leaves the old export, one that ``load_export`` refuses (no model.yaml), or weights and
+    model.yaml of the new one (metrics.json missing)."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     check_finite(state, source=str(path / MODEL_FILE))
     cfg = {"_target_": _FACTORY, **{k: v for k, v in model_cfg.items() if k != "_target_"}}
-    save_safetensors(state, path / MODEL_FILE, metadata={"format": "rws-export-v1"})
-    write_text(path / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg)))
-    write_json(path / METRICS_FILE, {"metrics": metrics or {}, "config": run_cfg or {},
-                                     "model_sha256": sha256_file(path / MODEL_FILE), **provenance()})
+    with ExitStack() as stack:  # atomic_path renames on exit, in the reverse order of entry
+        tmp_metrics = stack.enter_context(atomic_path(path / METRICS_FILE))
+        tmp_cfg = stack.enter_context(atomic_path(path / CONFIG_FILE))
+        tmp_model = stack.enter_context(atomic_path(path / MODEL_FILE))
+        save_file(state, str(tmp_model), metadata={"format": "rws-export-v1"})
+        tmp_cfg.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+        tmp_metrics.write_text(json_text({"metrics": metrics or {}, "config": run_cfg or {},
+                                          "model_sha256": sha256_file(tmp_model), **provenance()}))
+        for name in (METRICS_FILE, CONFIG_FILE):
+            (path / name).unlink(missing_ok=True)
     return path
 
 
@@ -82,7 +97,8 @@ def load_export(path: str | os.PathLike) -> Export:
     if missing:
         raise FileNotFoundError(
             f"not an rws export: {path} lacks {', '.join(missing)}. An export directory holds "
-            f"{MODEL_FILE}, {CONFIG_FILE} and {METRICS_FILE}; train.py writes one to <run_dir>/export.")
+            f"{MODEL_FILE}, {CONFIG_FILE} and {METRICS_FILE}; train.py writes one to <run_dir>/export "
+            f"(one whose writing was killed lacks {CONFIG_FILE}: rerun the job that writes it).")
     state, _ = load_safetensors(path / MODEL_FILE)
     check_finite(state, source=str(path / MODEL_FILE))
     model_cfg = load_model_config(path)
