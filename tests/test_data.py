@@ -432,3 +432,27 @@ def test_shared_tiny_imagenet_val(shared_data_dir: Path) -> None:
     i = names.index(gray)
     x, _ = dm.dataset("test").__getitems__([i])
     assert x.shape == (1, 3, 64, 64) and torch.equal(x[0, 0], x[0, 1]) and torch.equal(x[0, 1], x[0, 2])
+
+
+def test_class_subset_keeps_and_relabels_those_classes() -> None:
+    from rws.data.digits import digits_splits
+
+    raw_x, raw_y = digits_splits(32)["test"]
+    dm = DigitsDataModule(class_subset=[7, 3], num_classes=2, val_size=0, augment=False)
+    dm.setup()
+    assert dm.classes == ["7", "3"]
+    x, y = dm.dataset("test").x, dm.dataset("test").y
+    # every test image of classes 7 and 3, in the original order, labelled by position in the subset
+    keep = (raw_y == 7) | (raw_y == 3)
+    assert torch.equal(x, raw_x[keep])
+    assert torch.equal(y, (raw_y[keep] == 3).long())
+    assert len(dm.dataset("train")) == int(((digits_splits(32)["train"][1] == 7)
+                                            | (digits_splits(32)["train"][1] == 3)).sum())
+
+
+@pytest.mark.parametrize(("subset", "num_classes", "match"), [
+    ([0, 1], 3, "num_classes=2"), ([1, 1], 2, "distinct"), ([0, 12], 2, "10 classes"), ("01", 2, "list")])
+def test_class_subset_errors_name_the_option(subset, num_classes: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        dm = DigitsDataModule(class_subset=subset, num_classes=num_classes)
+        dm.setup()

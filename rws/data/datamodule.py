@@ -76,6 +76,7 @@ class ImageDataModule(pl.LightningDataModule):
         download: bool = False,
         decode_workers: int | None = None,
         randaugment: str | None = None,
+        class_subset: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser() if root is not None else None
@@ -108,6 +109,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.padding = padding
         self.download = bool(download)
         self.decode_workers = decode_workers
+        # A task made of some of the dataset's classes (e.g. two halves of CIFAR-10 as two datasets
+        # sharing one θ_init, docs/rws_experiments.md "Transfer"): labels become positions in this list.
+        self.class_subset = splits.check_class_subset(class_subset, self.num_classes, self.name)
         self.classes: list[str] = []
         self.cache_keys: dict[str, str] = {}
         self._read_cache: dict[str, tuple[Any, torch.Tensor, list[str]]] = {}
@@ -130,7 +134,10 @@ class ImageDataModule(pl.LightningDataModule):
     # -- Lightning hooks ----------------------------------------------------------------------
     def _read_once(self, split: str) -> tuple[Any, torch.Tensor, list[str]]:
         if split not in self._read_cache:
-            self._read_cache[split] = self._read(split)
+            data, y, classes = self._read(split)
+            if self.class_subset is not None:
+                data, y, classes = splits.select_classes(data, y, classes, self.class_subset, self.name)
+            self._read_cache[split] = (data, y, classes)
         return self._read_cache[split]
 
     def prepare_data(self) -> None:

@@ -6,6 +6,8 @@ global RNG, so splits are identical across runs, processes and DDP ranks.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
 
 
@@ -49,3 +51,32 @@ def random_subset(indices: torch.Tensor, size: int | float | None, seed: int) ->
     k = resolve_count(size, len(indices))
     perm = torch.randperm(len(indices), generator=torch.Generator().manual_seed(int(seed) + 2))
     return indices[perm[:k]].sort().values
+
+
+def check_class_subset(subset: Sequence[int] | None, num_classes: int, dataset: str) -> list[int] | None:
+    """``data.class_subset``: distinct non-negative class indices, as many as ``data.num_classes``."""
+    if subset is None:
+        return None
+    if isinstance(subset, (str, bytes)) or not all(isinstance(c, int) and not isinstance(c, bool) for c in subset):
+        raise ValueError(f"data.class_subset={subset!r} of {dataset} must be a list of class indices")
+    subset = [int(c) for c in subset]
+    if len(set(subset)) != len(subset) or any(c < 0 for c in subset) or not subset:
+        raise ValueError(f"data.class_subset={subset} of {dataset} must be distinct non-negative class indices")
+    if len(subset) != num_classes:
+        raise ValueError(f"data.class_subset has {len(subset)} classes but data.num_classes={num_classes}; "
+                         f"set data.num_classes={len(subset)}")
+    return subset
+
+
+def select_classes(data: Any, labels: torch.Tensor, classes: Sequence[str], subset: Sequence[int],
+                   dataset: str) -> tuple[Any, torch.Tensor, list[str]]:
+    """The samples of the classes in ``subset``, relabelled to their position in it."""
+    if max(subset) >= len(classes):
+        raise ValueError(f"data.class_subset={list(subset)} of {dataset}: the data has {len(classes)} classes "
+                         f"(indices 0..{len(classes) - 1})")
+    relabel = torch.full((len(classes),), -1, dtype=torch.long)
+    relabel[torch.tensor(list(subset))] = torch.arange(len(subset))
+    new = relabel[labels]
+    keep = torch.nonzero(new >= 0).flatten()
+    kept = data[keep] if isinstance(data, torch.Tensor) else [data[int(i)] for i in keep]
+    return kept, new[keep], [classes[c] for c in subset]
