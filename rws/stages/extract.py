@@ -5,6 +5,10 @@
 
 Writes ``<out>/<corruption>.safetensors`` and ``<out>/analysis.json`` (per-layer RWS norms relative
 to the standard weights, per-layer cosine similarities between corruptions: the paper's Fig. 2-4).
+
+bn_policy: robust | std | recalibrate | official. ``official`` (the official code's ResNet path) leaves
+every key whose name contains ``bn`` or ``downsample`` (whole network) out of the RWS and stores the
+robust model's raw values of them instead (metadata ``official_keys``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from rws.weights.export import Export, build_model, load_export
 from rws.weights.layer_select import Groups, fallback_groups, model_groups, select_from_cfg
 from rws.weights.quantize import resolve_quant
 from rws.weights.signature_io import Signature, arch_hash, save_signature
-from rws.weights.signatures import GRANULARITIES, extract_signature, layer_cosines, layer_norms
+from rws.weights.signatures import (GRANULARITIES, extract_signature, layer_cosines, layer_norms, official_keys,
+                                    official_values)
+
+BN_POLICIES = ("robust", "std", "recalibrate", "official")
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +71,8 @@ def extract_all(init: str, std: str, robust: Mapping[str, str], out: str | Path,
     """Library entry point of the stage; returns the analysis dict."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    if bn_policy not in ("robust", "std", "recalibrate"):
-        raise ValueError(f"bn_policy must be robust, std or recalibrate, got {bn_policy!r}")
+    if bn_policy not in BN_POLICIES:
+        raise ValueError(f"bn_policy must be one of {', '.join(BN_POLICIES)}, got {bn_policy!r}")
     quant = resolve_quant(int(bits), quant)  # float | linear (bits=16 offers both)
     if not robust:
         raise ValueError("robust is empty: pass robust='{corruption: EXPORT_DIR, ...}'")
@@ -78,6 +85,14 @@ def extract_all(init: str, std: str, robust: Mapping[str, str], out: str | Path,
     layer_names, keys = select_from_cfg(groups, state_keys, layers)
     if bn_policy != "robust":  # only the robust policy ships running stats
         keys = [k for k in keys if not k.endswith(("running_mean", "running_var"))]
+    official: list[str] = []
+    if bn_policy == "official":  # averaged raw, never projected (whole network, not only the kept layers)
+        official = official_keys(e_std.state_dict, state_keys)
+        keys = [k for k in keys if k not in set(official)]
+        if not official:
+            log.warning("bn_policy=official: no key of %s contains 'bn' or 'downsample' (as on the official "
+                        "code's VGG-16-BN); the signatures store no BN values, patching keeps the standard BN "
+                        "until the statistics are re-estimated", e_std.path)
     all_keys = [k for k in state_keys if not k.endswith("num_batches_tracked")]
     sources = {"init": {"path": str(e_init.path), "sha256": e_init.sha256},
                "std": {"path": str(e_std.path), "sha256": e_std.sha256}}
@@ -87,7 +102,7 @@ def extract_all(init: str, std: str, robust: Mapping[str, str], out: str | Path,
     _check_fits("init", e_init, e_std, all_keys if analysis else keys)
     for corruption, path in dict(robust).items():  # every input read and checked before the progress bar
         e_rob = load_export(path)
-        _check_fits(f"robust.{corruption}", e_rob, e_std, keys)
+        _check_fits(f"robust.{corruption}", e_rob, e_std, keys + official)
         if analysis:
             _check_fits(f"robust.{corruption}", e_rob, e_std, all_keys,
                         " (analysis=true compares every layer, the head included; analysis=false needs only the kept ones)")
@@ -96,7 +111,8 @@ def extract_all(init: str, std: str, robust: Mapping[str, str], out: str | Path,
         e_rob = load_export(path)
         rws, stats = extract_signature(e_init.state_dict, e_std.state_dict, e_rob.state_dict, keys,
                                        granularity, groups)
-        sig = Signature(rws=rws, stats=stats, layers=layer_names, granularity=granularity, bits=int(bits), quant=quant,
+        sig = Signature(rws=rws, stats=stats, official=official_values(e_rob.state_dict, official),
+                        layers=layer_names, granularity=granularity, bits=int(bits), quant=quant,
                         corruption=corruption, severity=str(severity), bn_policy=bn_policy,
                         arch_name=str(e_std.model_cfg.get("name", "")), arch_hash=arch_hash(e_std.state_dict),
                         model_cfg=e_std.model_cfg,
@@ -107,6 +123,8 @@ def extract_all(init: str, std: str, robust: Mapping[str, str], out: str | Path,
                                                     all_keys, granularity, groups)
     summary: dict[str, Any] = {"layers": layer_names, "keys": keys, "granularity": granularity, "bits": int(bits),
                                "quant": quant, "bn_policy": bn_policy, "files": files}
+    if bn_policy == "official":
+        summary["official_keys"] = official
     if analysis:
         norms = {c: layer_norms(r, e_std.state_dict, groups) for c, r in full.items()}
         layer_order = [n for n, _ in groups if any(n in v for v in norms.values())]

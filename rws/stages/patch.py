@@ -2,8 +2,9 @@
 
     python -m rws.stages.patch base=PATH signatures='[{path: sigs/fog.safetensors, alpha: 1.0}]' out=DIR
 
-bn_policy: null (each signature's stored policy), robust, std or recalibrate; bn_mix: affine | convex.
-``recalibrate`` needs a calibration source that names its data, e.g.
+bn_policy: null (each signature's stored policy), robust, std, recalibrate or official; bn_mix: affine | convex.
+``recalibrate`` and ``official`` (signatures extracted with bn_policy=official: the official code's
+ResNet path) need a calibration source that names its data, e.g.
 ``'calibration={data: cifar10, split: train, corruption: fog, severity: 5, batches: 10}'``.
 The model is built through the ``patch`` spec kind, so it is the model evaluate.py builds from the
 same spec; the spec and its id are recorded in metrics.json.

@@ -12,6 +12,15 @@ BN running statistics of kept layers follow ``bn_policy``:
     (measured at CPU scale: the affine rule collapsed 3-5 composed signatures to chance).
   * ``std``: leave the standard model's statistics alone.
   * ``recalibrate``: leave them for ``Patcher.recalibrate(batches)`` / ``recalibrate_patched_bn``.
+  * ``official``: the official code's ResNet path (model_patching.py). The signature's ``official``
+    keys (names containing ``bn`` or ``downsample``, whole network: BN γ/β/running stats and the
+    downsample conv weights; they are not in its RWS) are set to the plain mean of the composed
+    signatures' stored robust values, whatever the α. ``Patcher.recalibrate(batches)`` then
+    re-estimates the running statistics of EVERY BN layer (cumulative average, momentum=None) and,
+    with A = Σ_c α_c (the official code's one α, which it splits as α/n over its n models),
+        stat = (1 − A) · stat_after_apply + A · stat_reestimated   if A < 1, else stat_reestimated
+    (running_var clamped at 0 if A < 0 extrapolates). Every signature of the Patcher must then use
+    ``official``; a signature extracted with it refuses ``robust``/``recalibrate`` (its BN is not in its RWS).
   * ``None`` (Patcher default): each signature's own stored policy.
 ``num_batches_tracked`` is never touched.
 
@@ -35,10 +44,12 @@ import torch
 from torch import nn
 
 from rws.errors import UserError
-from rws.weights.bn import recalibrate
+from rws.weights.bn import bn_modules, recalibrate
 from rws.weights.signature_io import Signature, load_signature
 
-BN_POLICIES = ("robust", "std", "recalibrate")
+BN_POLICIES = ("robust", "std", "recalibrate", "official")
+# Policies whose statistics come from forward passes over calibration data (a patch spec needs a source).
+CALIBRATED_POLICIES = ("recalibrate", "official")
 BN_MIXES = ("affine", "convex")
 SigLike = Signature | str | os.PathLike
 
@@ -55,7 +66,7 @@ def check_signature_fits(model_state: Mapping[str, torch.Tensor], sig: Signature
     """Raise SignatureMismatchError unless every key ``sig`` patches exists in ``model_state`` with the
     same shape. Only the kept keys must match: a signature from another dataset (other head) is fine."""
     arch = f" (signature architecture: {sig.arch_name or '?'})"
-    for k, v in list(sig.rws.items()) + list(sig.stats.items()):
+    for k, v in list(sig.rws.items()) + list(sig.stats.items()) + list(sig.official.items()):
         if k not in model_state:
             raise SignatureMismatchError(
                 f"{sig.name}: parameter {k!r} does not exist in the model{arch}; is this a signature "
@@ -131,7 +142,19 @@ class Patcher:
             keys.update(dict.fromkeys(sig.rws))
             if self._policy(sig) in ("robust", "recalibrate"):
                 keys.update(dict.fromkeys(sig.stats))
+            if self._policy(sig) == "official":
+                keys.update(dict.fromkeys(sig.official))
         return list(keys)
+
+    @property
+    def official(self) -> bool:
+        """Whether the signatures are patched with bn_policy=official (then all of them are)."""
+        return any(self._policy(sig) == "official" for sig, _ in self.signatures)
+
+    @property
+    def official_alpha(self) -> float:
+        """A = Σ_c α_c, the α of the official statistics mix (see the module docstring)."""
+        return sum(alpha for _, alpha in self.signatures)
 
     def check(self, state: Mapping[str, torch.Tensor] | None = None) -> None:
         """Everything ``apply`` needs, without touching the model: each signature fits, its α is
@@ -143,6 +166,21 @@ class Patcher:
                 raise SignatureMismatchError(
                     f"{sig.name}: bn_policy=robust but the signature carries no BN running statistics "
                     f"(it was extracted with bn_policy={sig.bn_policy!r}); use bn_policy=std or re-extract")
+            policy = self._policy(sig)
+            if policy == "official" and not sig.official and sig.bn_policy != "official":
+                raise SignatureMismatchError(
+                    f"{sig.name}: bn_policy=official but the signature carries no raw BN/downsample values "
+                    f"(it was extracted with bn_policy={sig.bn_policy!r}); re-extract it with bn_policy=official")
+            if sig.bn_policy == "official" and policy in ("robust", "recalibrate"):
+                raise SignatureMismatchError(
+                    f"{sig.name}: extracted with bn_policy=official, so its BN and downsample values are stored "
+                    f"raw for averaging, not as RWS; bn_policy={policy} would leave them out. Use bn_policy=official "
+                    f"(or std to keep the standard BN), or re-extract with bn_policy={policy}")
+            if self.official and policy != "official":
+                raise SignatureMismatchError(
+                    f"{sig.name}: bn_policy={policy}, but another signature uses bn_policy=official, which "
+                    f"averages the BN of every composed signature; compose official signatures only, or pass "
+                    f"one bn_policy for all")
             if not math.isfinite(alpha):
                 raise ValueError(f"{sig.name}: alpha is {alpha}, expected a finite number")
             for k in list(sig.rws) + list(sig.stats):
@@ -177,9 +215,16 @@ class Patcher:
         # Σα per stat key, and the robust sum, before touching anything: the mix needs pristine std stats.
         stat_alpha: dict[str, float] = {}
         stat_sum: dict[str, torch.Tensor] = {}
+        official_sum: dict[str, torch.Tensor] = {}
+        official_n: dict[str, int] = {}
         for sig, alpha in self.signatures:
             for k, v in sig.rws.items():
                 state[k].add_(v.to(state[k].device, state[k].dtype), alpha=alpha)
+            if self._policy(sig) == "official":  # plain mean, not weighted by α (as the official code)
+                for k, v in sig.official.items():
+                    v64 = v.to(state[k].device, torch.float64)
+                    official_sum[k] = official_sum[k] + v64 if k in official_sum else v64
+                    official_n[k] = official_n.get(k, 0) + 1
             if self._policy(sig) == "robust":
                 for k, v in sig.stats.items():
                     stat_alpha[k] = stat_alpha.get(k, 0.0) + alpha
@@ -193,6 +238,8 @@ class Patcher:
             if k.endswith("running_var"):
                 mixed = mixed.clamp_min(0.0)
             state[k].copy_(mixed.to(state[k].dtype))
+        for k, total in official_sum.items():
+            state[k].copy_((total / official_n[k]).to(state[k].dtype))
 
     @torch.no_grad()
     def remove(self) -> nn.Module:
@@ -206,9 +253,12 @@ class Patcher:
 
     def recalibrate(self, batches: Iterable[Any]) -> nn.Module:
         """Re-estimate the kept BN layers' running stats on ``batches`` (after ``apply``);
-        ``remove`` still restores the standard statistics."""
+        ``remove`` still restores the standard statistics. With bn_policy=official: every BN layer's,
+        then mixed with the statistics ``apply`` set (see the module docstring)."""
         if not self.applied:
             raise RuntimeError("apply() before recalibrate()")
+        if self.official:
+            return recalibrate_official_bn(self.model, batches, self.official_alpha)
         keys = [k for sig, _ in self.signatures for k in list(sig.rws) + list(sig.stats)]
         missing = [k for k in _stat_keys_of(self.model, keys) if k not in self._saved]
         if missing:  # signatures without stored stats: save them now so remove() restores them
@@ -227,7 +277,7 @@ class Patcher:
 def _check_finite(sig: Signature) -> float:
     """The largest |value| of the signature; raises if any value is NaN or inf."""
     amax = 0.0
-    for k, v in list(sig.rws.items()) + list(sig.stats.items()):
+    for k, v in list(sig.rws.items()) + list(sig.stats.items()) + list(sig.official.items()):
         if not v.is_floating_point() or v.numel() == 0:
             continue
         m = float(v.abs().amax())
@@ -247,6 +297,24 @@ def _bn_modules_for(model: nn.Module, keys: Iterable[str]) -> dict[str, nn.modul
 
 def _stat_keys_of(model: nn.Module, keys: Iterable[str]) -> list[str]:
     return [f"{n}.{s}" for n in _bn_modules_for(model, keys) for s in ("running_mean", "running_var")]
+
+
+@torch.no_grad()
+def recalibrate_official_bn(model: nn.Module, batches: Iterable[Any], alpha: float) -> nn.Module:
+    """The official code's ResNet-path statistics: re-estimate the running stats of every BN layer
+    of ``model`` (reset, cumulative average with momentum=None, ``num_batches_tracked`` kept), then,
+    for ``alpha`` < 1, set them to ``(1 − alpha)·before + alpha·re-estimated``, where ``before`` are
+    the statistics the model had (after a bn_policy=official apply: the averaged robust ones)."""
+    bns = bn_modules(model)
+    before = {m: (m.running_mean.to(torch.float64, copy=True), m.running_var.to(torch.float64, copy=True))
+              for m in bns}
+    recalibrate(model, batches, modules=bns)
+    if alpha < 1.0:
+        for m, (mean, var) in before.items():
+            m.running_mean.copy_(((1.0 - alpha) * mean + alpha * m.running_mean.double()).to(m.running_mean.dtype))
+            mixed = ((1.0 - alpha) * var + alpha * m.running_var.double()).clamp_min(0.0)
+            m.running_var.copy_(mixed.to(m.running_var.dtype))
+    return model
 
 
 def recalibrate_patched_bn(model: nn.Module, batches: Iterable[Any], keys: Iterable[str]) -> nn.Module:

@@ -5,12 +5,15 @@ Tensors are keyed like the model's state dict:
     with scheme ``quant`` (linear codes, 8-bit uint8 or 16-bit int16, add ``<key>.__scale`` /
     ``<key>.__zero_point``, see ``quantize``);
   * with ``bn_policy=robust``, ``*.running_mean`` / ``*.running_var`` of the kept layers hold the
-    robust model's running statistics themselves (not a delta), always float32.
+    robust model's running statistics themselves (not a delta), always float32;
+  * with ``bn_policy=official``, the keys listed in ``official_keys`` (names containing ``bn`` or
+    ``downsample``, whole network: BN γ/β/running stats, downsample conv weights) hold the robust
+    model's raw values (not a delta, not projected), always float32; patching averages them.
 
 Metadata (all strings; lists/dicts as JSON): format, arch_name, arch_hash (sha256 over the full
 "key:shape" list of θ_std), model_cfg, sources (path + sha256 of each model.safetensors), layers,
-keys, stat_keys, granularity, bits, quant (float | linear; files without it: linear at 8 bits, float
-otherwise), corruption, severity, bn_policy, created_by.
+keys, stat_keys, official_keys (files without it: none), granularity, bits, quant (float | linear;
+files without it: linear at 8 bits, float otherwise), corruption, severity, bn_policy, created_by.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Signature:
     """A loaded (dequantized, float32) signature."""
     rws: dict[str, torch.Tensor]
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    # bn_policy=official: the robust model's raw values of rws.weights.signatures.official_keys
+    official: dict[str, torch.Tensor] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
     granularity: str = "per_tensor"
     bits: int = 32
@@ -50,7 +55,7 @@ class Signature:
 
     @property
     def keys(self) -> list[str]:
-        return list(self.rws) + list(self.stats)
+        return list(self.rws) + list(self.stats) + list(self.official)
 
     @property
     def name(self) -> str:
@@ -66,10 +71,13 @@ def arch_hash(state: Mapping[str, torch.Tensor]) -> str:
 def save_signature(path: str | os.PathLike, sig: Signature) -> Path:
     quant = resolve_quant(int(sig.bits), sig.quant)
     stored = quantize_state(sig.rws, sig.bits, quant)
-    overlap = set(stored) & set(sig.stats)
-    if overlap:
-        raise ValueError(f"keys both in rws and stats: {sorted(overlap)[:5]}")
+    for a, b, ka, kb in ((sig.rws, sig.stats, "rws", "stats"), (sig.rws, sig.official, "rws", "official"),
+                         (sig.stats, sig.official, "stats", "official")):
+        overlap = set(a) & set(b)
+        if overlap:
+            raise ValueError(f"keys both in {ka} and {kb}: {sorted(overlap)[:5]}")
     stored.update({k: v.float() for k, v in sig.stats.items()})
+    stored.update({k: v.float() for k, v in sig.official.items()})
     meta = {
         "format": FORMAT,
         "arch_name": sig.arch_name,
@@ -79,6 +87,7 @@ def save_signature(path: str | os.PathLike, sig: Signature) -> Path:
         "layers": json.dumps(sig.layers),
         "keys": json.dumps(list(sig.rws)),
         "stat_keys": json.dumps(list(sig.stats)),
+        "official_keys": json.dumps(list(sig.official)),
         "granularity": sig.granularity,
         "bits": str(sig.bits),
         "quant": quant,
@@ -97,19 +106,22 @@ def load_signature(path: str | os.PathLike) -> Signature:
         raise ValueError(f"{path}: not an rws signature file (format={meta.get('format')!r}, expected {FORMAT!r})")
     try:
         keys, stat_keys = json.loads(meta["keys"]), json.loads(meta["stat_keys"])
+        official_keys = json.loads(meta.get("official_keys", "[]"))
     except (KeyError, ValueError) as e:
         from rws.errors import UserError
 
         problem = f"lacks {e}" if isinstance(e, KeyError) else f"is not valid JSON ({e})"
         raise UserError(f"the signature's metadata {problem}", path,
                         "expected a signature written by python -m rws.stages.extract") from None
-    weights = dequantize_state({k: v for k, v in stored.items() if k.split(".__")[0] not in stat_keys})
-    missing = [k for k in keys + stat_keys if k not in stored]
+    raw = set(stat_keys) | set(official_keys)  # float32 as stored, never quantized
+    weights = dequantize_state({k: v for k, v in stored.items() if k.split(".__")[0] not in raw})
+    missing = [k for k in keys + stat_keys + official_keys if k not in stored]
     if missing:
         raise ValueError(f"{path}: metadata lists key(s) not in the file: {missing[:5]}")
     return Signature(
         rws={k: weights[k] for k in keys},
         stats={k: stored[k].float() for k in stat_keys},
+        official={k: stored[k].float() for k in official_keys},
         layers=json.loads(meta.get("layers", "[]")),
         granularity=meta.get("granularity", ""),
         bits=int(meta.get("bits", 32)),

@@ -16,6 +16,11 @@ The residual of each block is orthogonal to that block of v_base; finer blocks r
 
 BN running statistics are not weights and are never projected: the signature carries the
 robust model's running stats as they are (see ``patching`` for how they are mixed in).
+
+``bn_policy=official`` follows the official code's ResNet path instead: ``official_keys`` (every key
+whose name contains ``bn`` or ``downsample`` and not ``num``, whole network) are not projected; the
+signature stores the robust model's raw values of them (``official_values``) and patching replaces
+them by the mean over the composed signatures.
 Dot products are taken in float64 so orthogonality holds to ~1e-12 relative, not ~1e-6.
 """
 
@@ -29,6 +34,24 @@ from rws.weights.layer_select import Groups, is_stat_key
 
 GRANULARITIES = ("per_tensor", "per_layer", "global")
 State = Mapping[str, torch.Tensor]
+
+
+def official_keys(state: State, keys: Sequence[str] | None = None) -> list[str]:
+    """The keys the official code (model_patching.py, ``decompose``) averages over the robust models
+    instead of projecting: the name contains ``bn`` or ``downsample`` and not ``num`` (so not
+    ``num_batches_tracked``). On a torchvision-style ResNet: γ, β and running statistics of every BN
+    layer, and the downsample convs' weights. VGG keys (``features.N``) match none. Only floating-point
+    tensors; ``keys`` (default: all of ``state``) fixes the order."""
+    keys = list(state) if keys is None else list(keys)
+    return [k for k in keys if ("bn" in k or "downsample" in k) and "num" not in k and state[k].is_floating_point()]
+
+
+def official_values(robust: State, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The robust model's raw values of ``keys`` (float32 copies), what a bn_policy=official signature stores."""
+    missing = [k for k in keys if k not in robust]
+    if missing:
+        raise KeyError(f"robust state dict lacks key(s) {missing[:5]}")
+    return {k: robust[k].float().clone() for k in keys}
 
 
 def project_out(v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
