@@ -67,7 +67,7 @@ def _rows(acc: dict[str, dict[str, float]]) -> list[dict]:
     for model, conds in acc.items():
         for cond, v in conds.items():
             suite = "clean" if cond == "clean" else "corruptions"
-            rows.append({"model": model, "suite": suite, "condition": cond, "level": 5, "metric": "accuracy",
+            rows.append({"model": model, "suite": suite, "condition": cond, "level": 5, "metric": "acc",
                          "value": v / 100})
     return rows
 

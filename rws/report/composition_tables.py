@@ -31,7 +31,7 @@ def accuracy_by_model(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]
     """model name -> condition ('clean' or a corruption) -> accuracy in %."""
     out: dict[str, dict[str, float]] = {}
     for r in rows:
-        if r.get("metric") != "accuracy":
+        if r.get("metric") != "acc":  # the engine's accuracy metric (docs/CONTRACTS.md "Result row")
             continue
         cond = "clean" if r["suite"] == "clean" else str(r["condition"])
         out.setdefault(str(r["model"]), {})[cond] = 100.0 * float(r["value"])
