@@ -285,17 +285,6 @@ def test_motion_blur_batch_matches_reference_helper() -> None:
             assert np.abs(ref - ours[i]).mean() < 1e-3, (radius, i)
 
 
-def test_spatter_bit_distance_equals_dilation_distance() -> None:
-    from rws.corruptions.weather import _distance, _distance_bits, _edges
-
-    g = torch.Generator().manual_seed(3)
-    for p in [0.0, 0.002, 0.02, 0.3]:
-        for shape in [(8, 1, 32, 32), (3, 1, 40, 36), (2, 1, 5, 62)]:
-            m = torch.rand(shape, generator=g) < p
-            e = _edges(m) if p > 0.2 else m
-            assert torch.equal(_distance(e), _distance_bits(e)), (p, shape)
-
-
 def test_pad_replicate_equals_f_pad() -> None:
     from rws.corruptions import ops
 

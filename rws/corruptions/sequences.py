@@ -54,8 +54,8 @@ Where ours differs from the reference:
   Sampling is ``grid_sample`` (bilinear, or exact integer shifts for translate).
 * Motion blur (and the snow streaks) use ``rws.corruptions.ops.motion_blur``, the ImageMagick
   tap rule (see docs/corruptions.md); the Tiny-ImageNet script blurs the full-size photo before
-  resizing it, we blur the image as given. Spatter's water rim uses the same Canny / distance
-  transform stand-ins as the spatter corruption.
+  resizing it, we blur the image as given. Spatter's water rim is the spatter corruption's
+  (``weather.water``: Canny, chamfer distance transform and the rest of the reference's cv2 chain).
 * Pixel parameters (translate shifts, blur radii) are the reference's absolute values for its image
   size (32 / 64 / 224 px); they are not rescaled for other sizes.
 * ``length`` other than the reference's keeps the reference's per-frame step: sequences that grow
@@ -348,19 +348,9 @@ def _drift_matrix(n: int, kernel: tuple[float, ...]) -> Tensor:
 
 
 def _water(x: Tensor, liquid: Tensor, intensity: float) -> Tensor:
-    """The water branch of the spatter corruption (rws.corruptions.weather.spatter) on a given
+    """The water branch of the spatter corruption (rws.corruptions.weather.water) on a given
     liquid layer (N, 1, H, W): shaded rim from the distance to the layer's edges, pale turquoise."""
-    w = x.shape[-1]
-    liq8 = liquid.mul(255).floor_().clamp_(0, 255)
-    mask = weather._edges(liq8 > 0)
-    dist = (weather._distance_bits(mask) if w <= 62 else weather._distance(mask)).to(x.dtype)
-    dist = weather._equalize_u8(torch.floor(ops.box_blur3(dist)))
-    ker = torch.tensor([[-2.0, -1, 0], [-1, 1, 1], [0, 1, 2]])
-    dist = ops.box_blur3(torch.round(ops.conv2d_same(dist, ker, "reflect101")).clamp(0, 255))
-    m = liq8 * dist
-    m = m / m.amax((2, 3), keepdim=True).clamp_min(1e-12) * intensity
-    color = torch.tensor([175, 238, 238], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) / 255
-    return torch.addcmul(x, m, color)
+    return weather.water(x, liquid, intensity)
 
 
 # ----------------------------------------------------------------------------- sequences
