@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,11 @@ def test_plan_shares_one_init_and_splits_the_classes(tmp_path: Path) -> None:
     steps = {s.name: s for s in th.plan(th.Settings.smoke(), tmp_path)}
     assert {"pre", "init", "A/std", "B/std", "A/sigs", "B/sigs", "A/eval", "B/eval", "fig5"} <= set(steps)
     pre = compose("train", _overrides(steps["pre"].argv))
-    assert pre.data.name == "tiny_imagenet" and pre.data.image_size == 32 and pre.model.name == "vgg16_gn"
+    assert pre.data.name == "cifar10_jpeg" and pre.data.num_classes == 10 and pre.model.name == "vgg16_bn"
+    assert pre.data.seed == 1 and pre.data.class_subset is None
+    tiny = th.plan(replace(th.Settings.smoke(), pretrain="tiny"), tmp_path)[0]
+    tiny_cfg = compose("train", _overrides(tiny.argv))
+    assert tiny_cfg.data.name == "tiny_imagenet" and tiny_cfg.data.image_size == 32
     init = compose("train", _overrides(steps["init"].argv))
     assert init.data.num_classes == 5 and list(init.init_skip) == ["head"] and init.trainer.max_epochs == 0
     for half, classes in th.HALVES.items():

@@ -108,7 +108,8 @@ def figure(sim: Mapping[str, Any], cos_all: Mapping[str, Mapping[str, float]] | 
 
 def write_report(out: Path, info: Mapping[str, Any]) -> str:
     corruptions = list(info["corruptions"])
-    parts = [f"## Transfer between CIFAR-10 halves sharing a pre-trained θ_init (`model={info['model']}`)", ""]
+    parts = [f"## Transfer between CIFAR-10 halves sharing a pre-trained θ_init (`model={info['model']}`, "
+             f"θ_pre on {info.get('pretrain', 'cifar10')})", ""]
     summary: dict[str, Any] = {}
     for target, rows in info["rows"].items():
         res = out / target / "eval"
