@@ -20,7 +20,7 @@ import rws.specs as specs_mod
 from rws.cli.evaluate import main as evaluate_main
 from rws.evaluation.results import read_results
 
-CLASS = 9  # the export always answers 9: digits test labels make its accuracy 2/10 on n = 10, 5/40 on n = 40
+CLASS = 9  # the export always answers 9: its accuracy is the share of 9s among the test images drawn
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,11 @@ def _correct_files(out: Path) -> int:
 
 def test_changed_test_subset_is_measured_and_same_settings_are_not(monkeypatch, tmp_path, export, labels) -> None:
     out = tmp_path / "eval"
-    expect = {n: int((labels[:n] == CLASS).sum()) / n for n in (10, 40)}  # right / total, as evaluate.py counts
+    from rws.data.splits import random_subset
+
+    # test_subset=n is a seeded random draw of n test images (data seed 0), not the first n
+    drawn = {n: random_subset(torch.arange(len(labels)), n, 0) for n in (10, 40)}
+    expect = {n: int((labels[drawn[n]] == CLASS).sum()) / n for n in (10, 40)}  # right / total, as evaluate.py counts
     assert expect[10] != expect[40]  # the summary check below can tell them apart
 
     s = _evaluate(monkeypatch, export, out, "suite=clean", "test_subset=10")

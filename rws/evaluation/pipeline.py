@@ -65,6 +65,17 @@ def collect_suites(cfg: DictConfig) -> list[dict[str, Any]]:
     return out
 
 
+def draw_test_subset(dm: Any, cap: Any) -> None:
+    """``test_subset=N`` as a seeded random draw of N test images (``data.test_subset``), not the first
+    N: an image-folder test split is sorted by class, so the first 2,000 CIFAR-10 images are two
+    classes. Only for a datamodule that draws nothing itself and has not built its test split yet;
+    the draw is part of the data identity, so results of the old first-N runs are not resumed."""
+    if cap in (None, "", "all") or not hasattr(dm, "test_subset") or "test" in getattr(dm, "_sets", {}):
+        return
+    if dm.test_subset is None and getattr(dm, "test_per_class", None) is None:
+        dm.test_subset = int(cap)
+
+
 def plan(suites: list[dict[str, Any]], datamodule: Any, corrupt_fn: CorruptFn | None = None) -> list[PlannedCell]:
     """Every cell of every suite, each on the test stream capped at the suite's ``n``."""
     cells: list[PlannedCell] = []
@@ -89,6 +100,7 @@ def evaluate(cfg: DictConfig, build_fn: Callable[..., Any] | None = None,
     suites = collect_suites(cfg)
 
     dm = datamodule if datamodule is not None else instantiate(cfg.data)
+    draw_test_subset(dm, cfg.get("test_subset"))
     if hasattr(dm, "prepare_data"):
         dm.prepare_data()
     dm.setup()
