@@ -226,15 +226,34 @@ def test_apgd_training_attack() -> None:
     ("eat", [THREATS[0], THREATS[2]], {"attack": "apgd"}),
 ])
 def test_one_training_step_updates_weights(mode: str, threats, kw, tmp_path) -> None:
+    """One Lightning step: the weights move, and the model trains on adversarial inputs, not the clean
+    batch: every input the model sees in train mode (the attacks and the worst-norm scoring run in eval
+    mode) is x plus a perturbation inside one threat's ball (N-FGSM: 3 eps, it does not project) and at
+    least a quarter of that radius away from x; with clean_weight the clean batch follows, unchanged."""
+    from rws.attacks import ThreatModel
+
     m = make(mode, threats=threats, **kw)
     before = {k: v.clone() for k, v in m.model.state_dict().items()}
     ema_before = m.robust_error_ema.clone()
     x, y = batch(16)
+    seen: list[torch.Tensor] = []
+    m.model.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()) if mod.training else None)
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(m, DataLoader(TensorDataset(x, y), batch_size=16))
     after = m.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+    assert len(seen) == (2 if kw.get("clean_weight") else 1), len(seen)
+    if kw.get("clean_weight"):
+        assert torch.equal(seen[1], x)
+    x_adv = seen[0]
+    assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    reach = 3 if kw.get("attack") == "n_fgsm" else 1
+    inside = torch.zeros(16, dtype=torch.bool)
+    for t in map(ThreatModel.from_config, threats):
+        norm = t.norm_of(x_adv - x)
+        inside |= (norm <= reach * t.eps * (1 + 1e-5)) & (norm >= 0.25 * t.eps)
+    assert inside.all(), [ThreatModel.from_config(t).norm_of(x_adv - x) for t in threats]
     keys = trainer.callback_metrics.keys()
     assert any(k.startswith("train/adv_acc_") for k in keys), keys
     if mode == "eat" and m.eat_statistic == "ema":

@@ -48,6 +48,44 @@ def tiny_model() -> nn.Module:
     return nn.Sequential(nn.AvgPool2d(8), nn.Flatten(), nn.Linear(3 * 16, 10)).eval()
 
 
+class SeparableDataModule(FakeDataModule):
+    """FakeDataModule with learnable labels: a fixed 4x4 colour pattern per class (8x8 blocks) plus
+    pixel noise, so a trained tiny_model is right on most images (92.5 % of the 40) but not all."""
+
+    def __init__(self, n: int = 40, batch_size: int = 16, seed: int = 2) -> None:
+        self.x, self.y = separable(n, seed)
+        self.batch_size = batch_size
+
+
+def separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    patterns = torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(1234)) - 0.5
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(10, (n,), generator=g)
+    blocks = patterns[y].repeat_interleave(8, 2).repeat_interleave(8, 3)
+    return (0.5 + 0.15 * blocks + 0.6 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 1), y
+
+
+@pytest.fixture(scope="module")
+def trained_tiny() -> nn.Module:
+    """tiny_model with its linear layer fitted on 2000 separable images (on the pooled features: fast)."""
+    model = tiny_model()
+    x, y = separable(2000, 1)
+    with torch.no_grad():
+        feats = model[:2](x)
+    opt = torch.optim.Adam(model[2].parameters(), 0.05)
+    for _ in range(200):
+        loss = nn.functional.cross_entropy(model[2](feats), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval().requires_grad_(False)
+
+
+def independent_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
 def _row(sid: str, suite: str, cond: str, level, value: float, model: str = "m") -> dict:
     return {"spec_id": sid, "spec": json.dumps({"kind": "export", "path": f"/{model}"}), "model": model,
             "suite": suite, "condition": cond, "level": level, "metric": "acc", "value": value, "n": 10,
@@ -136,14 +174,28 @@ def test_summary_with_and_without_baseline() -> None:
 
 # --- suites and data sources ---------------------------------------------------------------------
 
-def test_clean_and_corruption_suites_rows() -> None:
-    dm = FakeDataModule()
-    rows = _rows("clean", {}, TestStream(dm)) + _rows("corruptions", {"corruptions": CORRS, "severities": [1, 5]},
-                                                       TestStream(dm))
+def test_clean_and_corruption_suites_rows(trained_tiny) -> None:
+    from rws.corruptions import corrupt
+
+    dm = SeparableDataModule()
+    opts = {"corruptions": CORRS, "severities": [1, 5], "seed": 3}
+    rows = (_rows("clean", {}, TestStream(dm), model=trained_tiny)
+            + _rows("corruptions", opts, TestStream(dm), model=trained_tiny))
     assert len(rows) == 1 + len(CORRS) * 2
     assert rows[0]["condition"] == "clean" and rows[0]["level"] == ""
     assert [(r["condition"], r["level"]) for r in rows[1:]] == [(c, s) for c in CORRS for s in (1, 5)]
-    assert all(0.0 <= r["value"] <= 1.0 and r["n"] == 40 and r["metric"] == "acc" for r in rows)
+    assert all(r["n"] == 40 and r["metric"] == "acc" for r in rows)
+    # Every value is the accuracy computed here on the same images: the clean ones, and each batch
+    # corrupted with the stream's per-batch seed.
+    assert rows[0]["value"] == pytest.approx(independent_accuracy(trained_tiny, dm.x, dm.y))
+    assert 0.8 < rows[0]["value"] < 1.0
+    for r in rows[1:]:
+        c, s = r["condition"], r["level"]
+        xc = torch.cat([corrupt(dm.x[i:i + 16], c, s, table="cifar",
+                                generator=torch.Generator().manual_seed(cell_seed(3, c, s, i // 16)))
+                        for i in range(0, 40, 16)])
+        assert r["value"] == pytest.approx(independent_accuracy(trained_tiny, xc, dm.y)), (c, s)
+    assert min(r["value"] for r in rows[1:]) < rows[0]["value"]  # severity 5 costs accuracy
     # Subset: first n images only; the value is the fraction of the per-example correctness.
     (res,) = evaluate_suite(tiny_model(), {"name": "clean"}, TestStream(dm, 25))
     assert res.rows[0]["n"] == 25 == len(res.correct) and res.rows[0]["value"] == int(res.correct.sum()) / 25
@@ -240,15 +292,35 @@ def test_corruption_suite_from_arrays(tmp_path: Path) -> None:
     assert arr["n"] == 12 and arr["value"] == pytest.approx(cl["value"])
 
 
-def test_adversarial_suite_rows() -> None:
-    opts = {"threats": [{"norm": "linf", "eps": 8 / 255}, {"norm": "l2", "eps": 0.5}], "n_iter": 2}
-    res = evaluate_suite(tiny_model(), {"name": "adversarial", **opts}, TestStream(FakeDataModule(), 8))
+def test_adversarial_suite_rows(trained_tiny) -> None:
+    """On a trained model at radii that break some points and not others (measured: clean 92.5 %,
+    linf 3/255 50 %, l2 0.4 62.5 %, union 50 %): clean is the accuracy computed here, each threat's
+    per-example correctness is robust_correct's on the same batches, the union is their per-example
+    AND, and each threat is strictly below clean (an attack that does nothing would equal it)."""
+    from rws.attacks import ThreatModel
+    from rws.attacks.evaluate import robust_correct
+
+    dm = SeparableDataModule()
+    threats = [ThreatModel("linf", 3 / 255), ThreatModel("l2", 0.4)]
+    opts = {"threats": [{"norm": t.norm, "eps": t.eps} for t in threats], "n_iter": 2, "seed": 1}
+    res = evaluate_suite(trained_tiny, {"name": "adversarial", **opts}, TestStream(dm))
     rows = result_rows(res)
     assert [(r["condition"], r["level"]) for r in rows] == [
-        ("clean", ""), ("linf", pytest.approx(8 / 255)), ("l2", 0.5), ("union", "")]
-    assert torch.equal(res[3].correct, res[1].correct & res[2].correct)
-    assert rows[3]["value"] <= min(rows[1]["value"], rows[2]["value"]) <= rows[0]["value"]
-    assert all(r["n"] == 8 for r in rows)
+        ("clean", ""), ("linf", pytest.approx(3 / 255)), ("l2", 0.4), ("union", "")]
+    assert all(r["n"] == 40 for r in rows)
+    with torch.no_grad():
+        clean = trained_tiny(dm.x).argmax(1) == dm.y
+    assert torch.equal(res[0].correct, clean) and rows[0]["value"] == pytest.approx(clean.float().mean().item())
+    # Per threat: the attacks (APGD-CE + APGD-T, 2 steps, seed 1) run per loader batch of 16.
+    per = [torch.cat([robust_correct(trained_tiny, dm.x[i:i + 16], dm.y[i:i + 16], t, n_iter=2, seed=1)
+                      for i in range(0, 40, 16)]) for t in threats]
+    for r, res_t, mask in zip(rows[1:3], res[1:3], per):
+        assert torch.equal(res_t.correct, mask) and r["value"] == pytest.approx(mask.float().mean().item())
+        assert not (mask & ~clean).any()            # a point wrong when clean is never robust
+        assert r["value"] < rows[0]["value"] < 1.0  # strictly: the attack broke points
+    assert torch.equal(res[3].correct, per[0] & per[1])
+    assert rows[3]["value"] == pytest.approx((per[0] & per[1]).float().mean().item())
+    assert rows[3]["value"] <= min(rows[1]["value"], rows[2]["value"]) < max(rows[1]["value"], rows[2]["value"])
 
 
 # --- evaluate.py -------------------------------------------------------------------------------

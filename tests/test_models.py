@@ -210,9 +210,20 @@ def test_errors() -> None:
 
 
 def test_timm_passthrough() -> None:
-    model = create_model("timm/resnet18", 4).eval()
+    """``timm/<name>`` is timm's own model with the requested head, behind the normalization: the same
+    state dict loads strictly into ``timm.create_model(name)`` and gives the same logits on (x - mean) / std."""
+    import timm
+
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+    model = create_model("timm/resnet18", 4, mean=mean, std=std).eval()
     assert isinstance(model, Normalized) and model.net.fc.out_features == 4
-    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 4)
+    ref = timm.create_model("resnet18", num_classes=4).eval()
+    assert type(model.net) is type(ref)
+    ref.load_state_dict(model.net.state_dict())  # strict: the same keys and shapes
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ref((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+        assert torch.allclose(model(x), expected, atol=1e-5)
 
 
 MODEL_CONFIGS = sorted((CONF_DIR / "model").glob("*.yaml"))

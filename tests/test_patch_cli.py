@@ -51,3 +51,53 @@ def test_bn_mix_from_the_patch_cli_reaches_the_spec(tmp_path: Path, mix: str) ->
         want = {k: v.clone() for k, v in live.state_dict().items()}
     stat = next(k for k in load_signature(sig).stats if k.endswith("running_mean"))
     assert torch.equal(out.state_dict[stat], want[stat])
+
+
+def test_extract_and_patch_run_as_modules(tmp_path: Path) -> None:
+    """``python -m rws.stages.extract`` and ``python -m rws.stages.patch`` (the Hydra entry points, as
+    subprocesses) on tiny exports: the signature file is extract_all's in-process one, tensor for tensor,
+    with the same analysis, and the patched export is the base patched in-process by Patcher."""
+    import json
+    import subprocess
+    import sys
+
+    from rws.models import create_model
+    from rws.stages.extract import extract_all
+    from rws.weights.export import load_export, save_export
+    from rws.weights.patching import Patcher
+    from rws.weights.signature_io import load_signature
+
+    root = Path(__file__).resolve().parents[1]
+    cfg_model = {"name": "small_cnn", "num_classes": 3, "width": 0.125}
+    torch.manual_seed(0)
+    model = create_model(**cfg_model).eval()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    paths = {}
+    for i, name in enumerate(["init", "std", "fog"]):
+        model.load_state_dict(init if i == 0 else _perturbed(init, i))
+        paths[name] = str(save_export(tmp_path / name, model, cfg_model))
+
+    def run(*argv: str) -> None:
+        p = subprocess.run([sys.executable, "-m", *argv, f"paths.output_dir={tmp_path / 'hydra'}"], cwd=root,
+                           capture_output=True, text=True, timeout=240)
+        assert p.returncode == 0, p.stderr[-3000:]
+
+    run("rws.stages.extract", f"init={paths['init']}", f"std={paths['std']}", f"robust={{fog: {paths['fog']}}}",
+        f"out={tmp_path / 'sigs'}", "layers.k=2", "bits=32")
+    extract_all(paths["init"], paths["std"], {"fog": paths["fog"]}, tmp_path / "ref", layers={"k": 2}, bits=32,
+                bn_policy="robust")
+    sig, ref = (load_signature(tmp_path / d / "fog.safetensors") for d in ("sigs", "ref"))
+    assert sig.layers == ref.layers and len(sig.layers) == 2 and sig.bits == 32 and sig.corruption == "fog"
+    assert list(sig.rws) == list(ref.rws) and all(torch.equal(sig.rws[k], ref.rws[k]) for k in ref.rws)
+    assert list(sig.stats) == list(ref.stats) and all(torch.equal(sig.stats[k], ref.stats[k]) for k in ref.stats)
+    analysis = json.loads((tmp_path / "sigs" / "analysis.json").read_text())
+    assert analysis["relative_norm"] == json.loads((tmp_path / "ref" / "analysis.json").read_text())["relative_norm"]
+
+    run("rws.stages.patch", f"base={paths['std']}", f"out={tmp_path / 'patched'}",
+        f"signatures=[{{path: {tmp_path / 'sigs' / 'fog.safetensors'}, alpha: 0.5}}]")
+    live = load_export(paths["std"]).build()
+    with Patcher(live, [(ref, 0.5)]):
+        want = {k: v.clone() for k, v in live.state_dict().items()}
+    got = load_export(tmp_path / "patched").state_dict
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert any(not torch.equal(want[k], v) for k, v in load_export(paths["std"]).state_dict.items())

@@ -170,22 +170,104 @@ def test_write_all_and_cli(tmp_path: Path) -> None:
 
 def _analysis() -> dict:
     layers = ["net.features.0", "net.features.3", "net.classifier"]
-    cos = {l: {a: {b: (1.0 if a == b else 0.3) for b in CS} for a in CS} for l in [*layers, "__all__"]}
-    return {"layer_order": layers, "relative_norm": {c: {l: 0.1 / (i + 1) for i, l in enumerate(layers)} for c in CS},
+    # a different off-diagonal cosine per layer (0.3, 0.5, 0.7; -0.2 over all layers)
+    cos = {l: {a: {b: (1.0 if a == b else v) for b in CS} for a in CS}
+           for l, v in zip([*layers, "__all__"], [0.3, 0.5, 0.7, -0.2])}
+    return {"layer_order": layers, "relative_norm": {c: {l: 0.1 / (i + 1) + 0.05 * j for i, l in enumerate(layers)}
+                                                     for j, c in enumerate(CS)},
             "cosine": cos}
 
 
-def test_figures_write_png(tmp_path: Path) -> None:
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """The matplotlib figures the writers save, in order (closing a figure only unregisters it from
+    pyplot: its axes and data stay readable)."""
+    made = []
+    real = F._save
+
+    def keep(fig, path):
+        made.append(fig)
+        return real(fig, path)
+
+    monkeypatch.setattr(F, "_save", keep)
+    return made
+
+
+def _bars(ax):
+    """Heights of each ``ax.bar`` call, in call order, as an array (one row per call)."""
+    import numpy as np
+
+    return np.array([[float(v) for v in c.datavalues] for c in ax.containers])
+
+
+def _image(ax):
+    import numpy as np
+
+    (im,) = ax.images
+    return np.ma.filled(np.ma.asarray(im.get_array(), dtype=float), np.nan)
+
+
+def test_figures_plot_their_tables(tmp_path: Path, figures: list) -> None:
+    """Each figure's plotted data (lines, bars, heatmaps), labels and ticks are the table's values."""
+    import numpy as np
+
     res = T.Results(_rows())
-    paths = [F.fig_layer_norms(_analysis(), tmp_path / "a.png"),
-             F.fig_cosine_layers(_analysis(), tmp_path / "b.png"),
-             F.fig_alpha_sweep(T.alpha_table(res, CS, (0.5, 1.0)), tmp_path / "c.png"),
-             F.fig_composition(T.pair_grid(res, tuple(CS), (0.0, 1.0)), CS, tmp_path / "d.png")]
-    cross = {"net.features.0": {"fog": {"fog": 0.8}, "gaussian_noise": {"fog": 0.1}},
-             "__all__": {"fog": {"fog": 0.7}, "gaussian_noise": {"fog": 0.05}}}
-    paths.append(F.fig_cross_dataset(cross, tmp_path / "e.png"))
+    analysis, layers = _analysis(), _analysis()["layer_order"]
+    alpha = T.alpha_table(res, CS, (0.5, 1.0))
+    grid = T.pair_grid(res, tuple(CS), (0.0, 1.0))
+    b_names, a_names = ["fog", "snow"], ["fog", "gaussian_noise", "snow"]
+    cross = {layer: {ca: {cb: round(0.1 * (i + 1) + 0.2 * a + 0.05 * b, 3) for b, cb in enumerate(b_names)}
+                     for a, ca in enumerate(a_names)} for i, layer in enumerate(["net.features.0", "__all__"])}
+    paths = [F.fig_layer_norms(analysis, tmp_path / "a.png"), F.fig_cosine_layers(analysis, tmp_path / "b.png"),
+             F.fig_alpha_sweep(alpha, tmp_path / "c.png"), F.fig_composition(grid, CS, tmp_path / "d.png"),
+             F.fig_cross_dataset(cross, tmp_path / "e.png")]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    norms_fig, cos_fig, alpha_fig, comp_fig, cross_fig = figures
+
+    # Fig. 2: one line per corruption through its relative norms, in layer order
+    ax = norms_fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == CS
+    for line, c in zip(ax.lines, CS):
+        assert list(line.get_xdata()) == [0, 1, 2]
+        assert list(line.get_ydata()) == pytest.approx([analysis["relative_norm"][c][l] for l in layers])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["f0", "f3", "classifier"]
+
+    # Fig. 3: per layer (then all layers) the corruption x corruption cosine matrix
+    panels = [ax for ax in cos_fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["f0", "f3", "classifier", "all layers"]
+    for ax, layer in zip(panels, [*layers, "__all__"]):
+        assert _image(ax) == pytest.approx(np.array([[analysis["cosine"][layer][a][b] for b in CS] for a in CS]))
+        assert [t.get_text() for t in ax.get_yticklabels()] == [c[:6] for c in CS]
+
+    # Fig. 7: per corruption, clean / severity 3 / severity 5 bars (%) over alpha
+    for ax, c in zip(alpha_fig.axes, CS):
+        rs = [r for r in alpha if r["corruption"] == c]
+        assert ax.get_title() == c and len(rs) == 3
+        assert [b.get_label() for b in ax.containers] == ["clean", "severity 3", "severity 5"]
+        assert _bars(ax) == pytest.approx(np.array([[100 * r[k] for r in rs] for k in ("clean", "sev3", "sev5")]))
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.5", "1"]
+
+    # Fig. 8: heatmaps (rows alpha of CS[0], columns alpha of CS[1]) of each corruption, mean, clean
+    panels = [ax for ax in comp_fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == [f"on {CS[0]}", f"on {CS[1]}", "mean of the two", "clean"]
+    for ax, key in zip(panels, [*CS, "mean", "clean"]):
+        m = _image(ax)
+        assert m.shape == (2, 2)
+        for r in grid:
+            v = m[int(r["alpha_" + CS[0]]), int(r["alpha_" + CS[1]])]  # alphas 0 and 1 are the indices
+            assert np.isnan(v) if r[key] is None else v == pytest.approx(100 * r[key]), (key, r)
+
+    # Fig. 5: per B corruption, its cosine with A's same corruption and the mean over A's others
+    ax = cross_fig.axes[0]
+    expected = []
+    for cb in b_names:
+        expected.append([cross[n][cb][cb] for n in cross])
+        expected.append([np.mean([cross[n][ca][cb] for ca in a_names if ca != cb]) for n in cross])
+    assert _bars(ax) == pytest.approx(np.array(expected))
+    assert [b.get_label() for b in ax.containers] == [f"{cb}: {kind}" for cb in b_names
+                                                      for kind in ("same corruption", "other corruptions (mean)")]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["f0", "all"]
 
 
 def _signatures(tmp_path: Path) -> dict[str, Path]:
@@ -197,13 +279,13 @@ def _signatures(tmp_path: Path) -> dict[str, Path]:
 
     torch.manual_seed(0)
     cfg = {"_target_": "rws.models.create_model", "name": "small_cnn", "num_classes": 10}
-    models = [create_model("small_cnn", num_classes=10) for _ in range(3)]
+    models = [create_model("small_cnn", num_classes=10) for _ in range(4)]  # init, std, robust fog, robust contrast
     save_export(tmp_path / "std", models[1], cfg)
     groups = model_groups(models[1])
     names, keys = select_from_cfg(groups, list(models[1].state_dict()), {"k": 2})
     sigs = {}
-    for c in ("fog", "contrast"):
-        rws, stats = extract_signature(models[0].state_dict(), models[1].state_dict(), models[2].state_dict(), keys,
+    for c, robust in (("fog", models[2]), ("contrast", models[3])):
+        rws, stats = extract_signature(models[0].state_dict(), models[1].state_dict(), robust.state_dict(), keys,
                                        "per_tensor", groups)
         sigs[c] = save_signature(tmp_path / "sigs" / f"{c}.safetensors",
                                  Signature(rws=rws, stats=stats, layers=names, corruption=c, model_cfg=cfg,
@@ -217,10 +299,29 @@ def test_analysis_stage_feature_maps_and_cross_cosines(tmp_path: Path) -> None:
     cos = A.cross_dataset_cosines(sigs, {"fog": sigs["fog"]})
     assert cos["__all__"]["fog"]["fog"] == pytest.approx(1.0)
     assert set(cos["__all__"]) == {"fog", "contrast"}
+    # By hand: the cosine of the two signatures' weight tensors, per layer over the layer's keys and
+    # over all keys (fog and contrast share init and std but not the robust model: about 0.5).
+    from rws.models import create_model, layer_groups
+    from rws.weights.signature_io import load_signature
+
+    fog, contrast = (load_signature(sigs[c]).rws for c in ("fog", "contrast"))
+
+    def cos_of(keys: list[str]) -> float:
+        a, b = (torch.cat([t[k].double().flatten() for k in keys]) for t in (contrast, fog))
+        return float(a @ b / (a.norm() * b.norm()))
+
+    assert 0.2 < cos_of(list(fog)) < 0.9
+    assert cos["__all__"]["contrast"]["fog"] == pytest.approx(cos_of(list(fog)), rel=1e-6)
+    layers = [(name, [k for k in keys if k in fog]) for name, keys in layer_groups(create_model("small_cnn", 10))]
+    layers = [(name, keys) for name, keys in layers if keys]
+    assert list(cos) == [name for name, _ in layers] + ["__all__"] and len(layers) == 2
+    for name, keys in layers:
+        assert cos[name]["contrast"]["fog"] == pytest.approx(cos_of(keys), rel=1e-6), name
     A.main(["cross-cosines", "--a", str(tmp_path / "sigs"), "--b", str(tmp_path / "sigs"),
             "--out", str(tmp_path / "data" / "fig5_cross_dataset.json")])
     saved = json.loads((tmp_path / "data" / "fig5_cross_dataset.json").read_text())
     assert saved["__all__"]["contrast"]["contrast"] == pytest.approx(1.0)
+    assert saved["__all__"]["fog"]["contrast"] == pytest.approx(cos_of(list(fog)), rel=1e-6)
 
     tensors, meta = A.feature_maps(tmp_path / "std", sigs["fog"], torch.rand(3, 32, 32), "fog", n_channels=4)
     assert set(tensors) == set(A.FEATURE_MAP_KEYS) and tensors["channels"].numel() == 4

@@ -94,6 +94,29 @@ def test_layer_cosines_self_is_one(triple) -> None:
     assert cos["0"]["a"]["a"] == pytest.approx(1.0) and cos["__all__"]["a"]["b"] == pytest.approx(-1.0)
 
 
+def test_layer_cosines_by_hand() -> None:
+    """Per layer over the layer's keys concatenated, and over every key (``__all__``); a zero vector
+    has no cosine (NaN)."""
+    groups = [("l1", ["l1.w", "l1.b"]), ("l2", ["l2.w"])]
+    t = lambda *v: torch.tensor(v)
+    sigs = {"a": {"l1.w": t(1.0, 0.0), "l1.b": t(0.0), "l2.w": t(1.0, 1.0)},
+            "b": {"l1.w": t(1.0, 1.0), "l1.b": t(1.0), "l2.w": t(-1.0, 1.0)},
+            "c": {"l1.w": t(3.0, 0.0), "l1.b": t(0.0), "l2.w": t(2.0, 2.0)},
+            "z": {"l1.w": t(0.0, 0.0), "l1.b": t(0.0), "l2.w": t(0.0, 0.0)}}
+    cos = layer_cosines(sigs, groups)
+    # l1: a=(1,0,0), b=(1,1,1), c=(3,0,0): a.b = 1, |a| = 1, |b| = sqrt 3; c is parallel to a
+    assert cos["l1"]["a"]["b"] == pytest.approx(1 / 3 ** 0.5) == cos["l1"]["b"]["a"]
+    assert cos["l1"]["a"]["c"] == pytest.approx(1.0) and cos["l1"]["b"]["c"] == pytest.approx(1 / 3 ** 0.5)
+    assert cos["l1"]["a"]["a"] == pytest.approx(1.0)
+    # l2: (1,1) and (-1,1) are orthogonal, (2,2) parallel to (1,1)
+    assert cos["l2"]["a"]["b"] == pytest.approx(0.0, abs=1e-12) and cos["l2"]["a"]["c"] == pytest.approx(1.0)
+    # all keys: a=(1,0,0,1,1), b=(1,1,1,-1,1), c=(3,0,0,2,2): a.b = 1, a.c = 7, |a|^2 = 3, |b|^2 = 5, |c|^2 = 17
+    assert cos["__all__"]["a"]["b"] == pytest.approx(1 / 15 ** 0.5)
+    assert cos["__all__"]["a"]["c"] == pytest.approx(7 / 51 ** 0.5)
+    assert cos["__all__"]["b"]["c"] == pytest.approx((3 - 2 + 2) / 85 ** 0.5)
+    assert cos["l1"]["a"]["z"] != cos["l1"]["a"]["z"]  # NaN
+
+
 def test_layer_selection() -> None:
     groups = [("conv1", ["c1.weight", "c1.bias", "bn1.running_mean", "bn1.num_batches_tracked"]),
               ("conv2", ["c2.weight"]), ("head", ["fc.weight"])]
@@ -194,7 +217,7 @@ def test_extract_stage_end_to_end(tmp_path: Path, triple) -> None:
     from rws.stages.extract import extract_all
 
     init, std, rob, _ = triple
-    rob2 = perturbed(init, 3)
+    rob2 = perturbed(rob, 3, scale=0.05)  # near fog's: their signatures' cosines are far from 0
     paths = {n: _write_export(tmp_path / n, sd) for n, sd in
              [("init", init), ("std", std), ("fog", rob), ("snow", rob2)]}
     summary = extract_all(str(paths["init"]), str(paths["std"]), {"fog": str(paths["fog"]), "snow": str(paths["snow"])},
@@ -207,3 +230,17 @@ def test_extract_stage_end_to_end(tmp_path: Path, triple) -> None:
     analysis = json.loads((tmp_path / "sigs" / "analysis.json").read_text())
     assert set(analysis["relative_norm"]) == {"fog", "snow"} and "8" in analysis["relative_norm_mean"]
     assert analysis["cosine"]["0"]["fog"]["fog"] == pytest.approx(1.0)
+    # By hand, per tensor: r = v - (v.b / b.b) b with v = robust - init, b = std - init; per layer the
+    # cosine of the concatenated r and the norm ratio ||r|| / ||std||.
+    def rws_by_hand(robust: dict, key: str) -> torch.Tensor:
+        v, b = (robust[key] - init[key]).double().flatten(), (std[key] - init[key]).double().flatten()
+        return v - (v @ b) / (b @ b) * b
+
+    for layer, keys in (("0", ["0.weight", "0.bias"]), ("3", ["3.weight", "3.bias"])):
+        fog = torch.cat([rws_by_hand(rob, k) for k in keys])
+        snow = torch.cat([rws_by_hand(rob2, k) for k in keys])
+        expected = float(fog @ snow / (fog.norm() * snow.norm()))
+        assert 0.3 < expected < 0.99
+        assert analysis["cosine"][layer]["fog"]["snow"] == pytest.approx(expected, rel=1e-6, abs=1e-9), layer
+        norm_std = torch.cat([std[k].double().flatten() for k in keys]).norm()
+        assert analysis["relative_norm"]["fog"][layer] == pytest.approx(float(fog.norm() / norm_std), rel=1e-6)

@@ -33,6 +33,58 @@ def _exports(tmp_path: Path, n: int) -> list[str]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def trained_members(tmp_path_factory):
+    """Two trained small_cnn exports (width 0.25, ~95 % on the digits test split) from one init: the
+    first after 2 epochs, the second 1 epoch further at a lower rate; and the digits test images."""
+    import torch.nn.functional as F
+
+    from rws.data.digits import digits_splits
+    from rws.models import create_model
+
+    root = tmp_path_factory.mktemp("members")
+    x, y = digits_splits(32)["train"]
+    x = x.float() / 255
+    torch.manual_seed(0)
+    model = create_model(**CFG)
+
+    def fit(epochs, lr, seed):
+        opt = torch.optim.Adam(model.parameters(), lr, foreach=False)
+        g = torch.Generator().manual_seed(seed)
+        model.train()
+        for _ in range(epochs):
+            for idx in torch.randperm(len(y), generator=g).split(64):
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        model.eval()
+
+    fit(2, 3e-3, 0)
+    first = save_export(root / "m0" / "export", model, CFG)
+    fit(1, 1e-3, 1)
+    second = save_export(root / "m1" / "export", model, CFG)
+    xt, yt = digits_splits(32)["test"]
+    return [str(first), str(second)], xt.float() / 255, yt
+
+
+def _soup(members, weights):
+    """The soup built here from the exports: every floating tensor (BN statistics too) weighted."""
+    from rws.weights.export import load_export
+
+    exports = [load_export(m) for m in members]
+    model = exports[0].build().eval()
+    states = [e.state_dict for e in exports]
+    model.load_state_dict({k: sum(w * sd[k] for w, sd in zip(weights, states)) if v.is_floating_point() else v
+                           for k, v in states[0].items()})
+    return model
+
+
+def _accuracy(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
 def _cfg(members, out, **kw):
     cfg = {"members": members, "out": str(out), "grid": {"kind": "grid", "low": 0, "high": 1, "step": 0.5},
            "targets": [{"name": "clean", "suite": "clean", "k": 16}], "seed": 0, "attack_steps": 2,
@@ -157,22 +209,51 @@ def test_changed_settings_are_measured_again(tmp_path, measured):
     assert measured == [] and set(best["per_target"]) == {"clean", "noise"}
 
 
-def test_front_and_adversarial(tmp_path):
-    members = _exports(tmp_path, 2)
-    x, y = _data(8)
+def test_front_and_adversarial(tmp_path, trained_members):
+    """Trained members at radii where robust accuracy lies between 0 and clean (measured per soup:
+    clean 98/85/67 %, linf 4/255 40/29/13 %, l2 0.47 40/21/13 %, union 38/19/13 %): every soup's clean,
+    linf and union values are the ones computed here on the soup built here (APGD-CE, 2 steps, seed 0,
+    the k images as one batch), the union is the per-example AND of linf and l2, and robust accuracy is
+    strictly below clean (an attack that does nothing would equal it)."""
+    from safetensors.torch import load_file
+
+    from rws.attacks import ThreatModel
+    from rws.attacks.evaluate import robust_correct
+
+    members, xt, yt = trained_members
+    k = 48
+    x, y = xt[:k], yt[:k]
     out = tmp_path / "front"
-    targets = [{"name": "linf", "suite": "adversarial", "threat": {"norm": "linf", "eps": "8/255"}, "k": 4},
-               {"name": "union", "suite": "union", "threats": [{"norm": "linf", "eps": "8/255"},
-                                                              {"norm": "l2", "eps": 0.5}], "k": 4}]
+    linf, l2 = {"norm": "linf", "eps": "4/255"}, {"norm": "l2", "eps": 0.47}
+    targets = [{"name": "clean", "suite": "clean", "k": k},
+               {"name": "linf", "suite": "adversarial", "threat": linf, "k": k},
+               {"name": "union", "suite": "union", "threats": [linf, l2], "k": k}]
     cfg = _cfg(members, out, grid={"kind": "front", "ws": [0, 0.5, 1]}, targets=targets, attacks=["apgd-ce"])
     run_sweep(cfg, x=x, y=y, **QUIET)
     rows = read_results(out)
-    assert {r["suite"] for r in rows} == {"adversarial"}
-    # The union is robust to every threat, so it can never beat the l_inf-only robust accuracy.
-    linf = {r["spec_id"]: r["value"] for r in rows if r["condition"] == "linf"}
-    unions = [r for r in rows if r["condition"] == "union"]
-    assert len(unions) == 3 and all(r["value"] <= linf[r["spec_id"]] for r in unions)
+    assert {r["suite"] for r in rows} == {"clean", "adversarial"}
     assert sum(r["condition"] == "l2" for r in rows) == 3  # the union's l2 cell, measured on the way
+    mats = load_file(str(out / "correctness.safetensors"))
+    sids = json.loads((out / "sweep.json").read_text())["spec_ids"]
+    assert len(sids) == 3
+    strictly_below_both = 0
+    for i, sid in enumerate(sids):
+        mine = {r["condition"]: r for r in rows if r["spec_id"] == sid}
+        soup = _soup(members, mine["clean"]["weights"])
+        clean = _accuracy(soup, x, y)
+        robust = {c: robust_correct(soup, x, y, ThreatModel(t["norm"], t["eps"]), attacks=("apgd-ce",), n_iter=2, seed=0)
+                  for c, t in (("linf", linf), ("l2", l2))}
+        union = robust["linf"] & robust["l2"]
+        assert mine["clean"]["value"] == pytest.approx(clean)
+        assert mine["linf"]["value"] == pytest.approx(robust["linf"].float().mean().item())
+        assert mine["union"]["value"] == pytest.approx(union.float().mean().item())
+        assert torch.equal(mats["linf"][i].bool(), robust["linf"]) and torch.equal(mats["union"][i].bool(), union)
+        assert mine["union"]["value"] <= min(mine["linf"]["value"], mine["l2"]["value"])
+        assert mine["linf"]["value"] < clean and mine["l2"]["value"] < clean and mine["union"]["value"] > 0, mine
+        strictly_below_both += mine["union"]["value"] < min(mine["linf"]["value"], mine["l2"]["value"])
+    # Each threat breaks points the other does not (measured: 2 of the 3 soups), so the union is
+    # neither threat's cell copied.
+    assert strictly_below_both >= 1
     assert (out / "figures" / "front.png").is_file() and (out / "figures" / "front_scatter.png").is_file()
 
 
@@ -227,6 +308,25 @@ def test_selection_and_few_shot_shapes():
     assert set(study["k"]) == {"10", "30", "100", "300", "500"}
     assert study["k"]["500"]["trials"] == 5 and study["n_test"] == 500
     assert study["k"]["500"]["mean"] >= study["k"]["10"]["mean"] - 0.05
+
+
+def test_few_shot_picks_the_best_soup():
+    """The pick is the spec best on the k selection examples: with one spec clearly best (90 % vs
+    50 %) every trial at k >= 30 scores exactly that spec's held-out accuracy; on a graded spectrum
+    (10 specs, 30 ... 80 %) the k = 500 pick is within a point of the oracle (the best on the held-out
+    set; measured: equal), far above a random pick."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.full((12,), 0.5)
+    p[7] = 0.9
+    correct = torch.rand(12, 1000, generator=g) < p[:, None]
+    study = few_shot_study(correct, ks=(30, 100, 500), trials=20, seed=3)
+    held_out = [float(correct[7, test].double().mean()) for test, _ in few_shot_splits(1000, (30, 100, 500), 20, 500, seed=3)]
+    for k in ("30", "100", "500"):
+        assert study["k"][k]["mean"] == pytest.approx(sum(held_out) / 20), k
+    graded = torch.rand(10, 1000, generator=g) < torch.linspace(0.3, 0.8, 10)[:, None]
+    study = few_shot_study(graded, trials=20)
+    assert study["k"]["500"]["mean"] >= study["oracle"]["mean"] - 0.01, study
+    assert study["k"]["500"]["mean"] > graded.float().mean() + 0.2  # far above a random pick (55 %)
 
 
 def test_best_specs_breaks_exact_ties_at_random_seeded():
@@ -303,8 +403,8 @@ def test_sweep_help_runs():
     assert "480" in r.stdout and "members" in r.stdout
 
 
-def test_sweep_cli_on_digits_with_wandb_and_tables(tmp_path):
-    members = _exports(tmp_path, 2)
+def test_sweep_cli_on_digits_with_wandb_and_tables(tmp_path, trained_members):
+    members = trained_members[0]
     out = tmp_path / "cli"
     r = subprocess.run([sys.executable, "sweep.py", f"members=[{members[0]},{members[1]}]", f"out={out}",
                         "grid=front", "grid.ws=[0,0.5,1]",
@@ -315,9 +415,27 @@ def test_sweep_cli_on_digits_with_wandb_and_tables(tmp_path):
                                                                                     "WANDB_MODE": "offline"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3 soups x 2 targets" in r.stdout
-    assert json.loads((out / "best.json").read_text())["per_target"]["clean"]["score"] >= 0
+    # Each soup's clean value is its accuracy computed here on the sweep's 32 test images (the digits
+    # test split, subset seed 0), and the best clean soup is the one with the highest.
+    from rws.data import DigitsDataModule
+    from rws.evaluation.sources import load_test_subset
+
+    x, y = load_test_subset(DigitsDataModule(cache_dir=str(tmp_path / "cache")), 32, seed=0)
+    rows = read_results(out)
+    clean = {r["spec_id"]: r for r in rows if r["condition"] == "clean"}
+    assert len(clean) == 3 and {r["n"] for r in clean.values()} == {32}
+    mine = {sid: _accuracy(_soup(members, r["weights"]), x, y) for sid, r in clean.items()}
+    assert all(r["value"] == pytest.approx(mine[sid]) for sid, r in clean.items()), (clean, mine)
+    assert max(mine.values()) > 0.6  # trained members: far above chance
+    best = json.loads((out / "best.json").read_text())["per_target"]["clean"]
+    assert best["score"] == pytest.approx(max(mine.values())) == pytest.approx(mine[best["spec_id"]])
+    # The wandb run (offline files) holds the result rows as they are on disk.
     (table,) = out.glob("wandb/offline-run-*/files/media/table/results_*.table.json")
-    assert len(json.loads(table.read_text())["data"]) == 3 * 2
+    data = json.loads(table.read_text())
+    assert len(data["data"]) == 3 * 2
+    logged = [dict(zip(data["columns"], r)) for r in data["data"]]
+    assert sorted((r["spec_id"], r["condition"], r["value"]) for r in logged) == \
+        sorted((r["spec_id"], r["condition"], r["value"]) for r in rows)
     assert list(out.glob("wandb/offline-run-*/files/media/images/figures/*.png"))
     t = subprocess.run([sys.executable, "-m", "rws.report.tables", str(out), "--table", "summary"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)

@@ -157,6 +157,72 @@ def test_init_mismatch_lists_keys(tmp_path: Path) -> None:
     assert all(torch.equal(v, src[k]) for k, v in other.state_dict().items() if k not in skipped)
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_optimizers_step_like_torch(name: str) -> None:
+    """method.optim.name=adam|adamw: configure_optimizers gives torch's Adam / AdamW with the config's lr,
+    weight decay and betas, and three steps on the same gradients give torch's weights (Adam's L2 decay
+    and AdamW's decoupled decay differ, so a swap of the two shows)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    cfg = _compose(["method=nominal", "model=small_cnn", "model.width=0.25", f"method.optim.name={name}",
+                    "method.optim.lr=0.01", "method.optim.weight_decay=0.1", "++method.optim.betas=[0.8,0.95]",
+                    "method.sched.name=none", "method.sched.warmup_epochs=0"])
+    m = build_method(cfg)
+    opt = m.configure_optimizers()
+    ref_model = copy.deepcopy(m.model)
+    cls, other = (torch.optim.Adam, torch.optim.AdamW) if name == "adam" else (torch.optim.AdamW, torch.optim.Adam)
+    assert type(opt) is cls
+    kw = {"lr": 0.01, "weight_decay": 0.1, "betas": (0.8, 0.95)}
+    assert {k: opt.param_groups[0][k] for k in kw} == kw
+    wrong_model = copy.deepcopy(m.model)
+    refs = [(ref_model, cls(ref_model.parameters(), **kw)), (wrong_model, other(wrong_model.parameters(), **kw))]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(10, (8,), generator=g)
+        for model, o in [(m.model, opt), *refs]:
+            o.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            o.step()
+    ours, ref, wrong = (dict(mm.named_parameters()) for mm in (m.model, ref_model, wrong_model))
+    assert all(torch.allclose(ours[k], ref[k], rtol=0, atol=1e-7) for k in ours)
+    assert any(not torch.allclose(ours[k], wrong[k], rtol=0, atol=1e-6) for k in ours)
+
+
+def test_init_from_a_lightning_checkpoint(tmp_path: Path) -> None:
+    """init=<Lightning .ckpt> (train.py's code path, in-process) starts from the checkpoint's model: with
+    lr 0 the exported parameters are the checkpoint's exactly, not the fresh model's."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from rws.config import compose
+    from rws.training import train
+    from rws.weights.export import load_export
+
+    common = ["method=nominal", "model=small_cnn", "model.width=0.25", "method.sched.name=none"]
+    torch.manual_seed(123)
+    src = build_method(_compose(common))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 3, 32, 32, generator=g), torch.randint(10, (16,), generator=g)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(src, DataLoader(TensorDataset(x, y), batch_size=8))
+    trainer.save_checkpoint(tmp_path / "src.ckpt")
+    want = {k[len("model."):]: v for k, v in torch.load(tmp_path / "src.ckpt", weights_only=True)["state_dict"].items()
+            if k.startswith("model.")}
+    cfg = compose("train", [*common, f"init={tmp_path / 'src.ckpt'}", "method.optim.lr=0", "data.subset_per_class=2",
+                            "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                            "test_after_fit=false", "logger=[]", f"paths.output_dir={tmp_path}",
+                            f"export_dir={tmp_path}/export"])
+    train(cfg, tmp_path / "run")
+    got = load_export(tmp_path / "export").state_dict
+    params = [k for k, _ in src.model.named_parameters()]
+    assert params and all(torch.equal(got[k], want[k]) for k in params)
+    fresh = build_method(_compose(common)).model.state_dict()
+    assert not all(torch.equal(got[k], fresh[k]) for k in params)
+
+
 def _train(tmp: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "train.py", *(["-m"] if multirun else []), "trainer=cpu", "trainer.max_epochs=1", "data.subset_per_class=20",
            f"paths.output_dir={tmp}", *overrides]
@@ -171,7 +237,16 @@ def test_train_exports_and_resumes(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
     exp = load_export(run / "export")
     meta = exp.metrics
-    assert meta["git_commit"] and "torch" in meta["versions"]
+    assert "torch" in meta["versions"]
+    # The commit of this checkout ('-dirty' with uncommitted changes to tracked files); 'unknown' only
+    # where the code is not in a git checkout.
+    git = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True)
+    head = git("rev-parse", "HEAD")
+    if head.returncode == 0:
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+        assert meta["git_commit"] == head.stdout.strip() + ("-dirty" if dirty else "")
+    else:
+        assert meta["git_commit"] == "unknown"
     assert meta["config"]["model"]["name"] == "small_cnn"
     assert 0.0 <= meta["metrics"]["test/acc"] <= 1.0
     model = exp.build()
@@ -226,3 +301,46 @@ def test_wandb_logger_works_offline(tmp_path: Path) -> None:
     runs = list((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert (run / "csv" / "metrics.csv").is_file()  # the CSV logger stays on beside wandb
+    # What the run logged, read back from its offline files: the resolved run config, the metrics'
+    # history (the values of metrics.json) and the final_metrics table.
+    metrics = json.loads((run / "metrics.json").read_text())
+    (wandb_file,) = runs[0].glob("*.wandb")
+    records = _wandb_records(wandb_file)
+    key = lambda item: item.key or "/".join(item.nested_key)  # wandb writes either
+    config = {key(i): json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "config"
+              for i in r.config.update}
+    assert config["data"]["name"] == "digits" and config["method"]["name"] == "nominal" and config["seed"] == 0
+    assert config["trainer"]["max_epochs"] == 1 and config["data"]["subset_per_class"] == 10
+    history: dict[str, float] = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            history.update({key(i): json.loads(i.value_json) for i in r.history.item})
+    for key in ("train/acc", "val/acc", "test/acc", "test/loss"):
+        assert history[key] == pytest.approx(metrics[key]), key
+    (table,) = runs[0].glob("files/media/table/final_metrics_*.table.json")
+    logged = dict(json.loads(table.read_text())["data"])
+    assert logged == {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _wandb_records(path: Path) -> list:
+    """The protobuf records of an offline run's .wandb file (a LevelDB-style log: a 7-byte file header,
+    then 32 KiB blocks of chunks with 7-byte headers: crc32, length, type full/first/middle/last)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending, out = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6] if left >= 7 else 0
+        if left < 7 or (length == 0 and kind == 0):  # block trailer or zero padding
+            pos += left
+            continue
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = pb.Record()
+            record.ParseFromString(pending)
+            out.append(record)
+            pending = b""
+    return out

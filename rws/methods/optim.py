@@ -44,10 +44,11 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict[str, Any]) -
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=_number(cfg, "momentum", 0.9),
                                weight_decay=wd, nesterov=bool(cfg.get("nesterov", False)))
+    betas = tuple(cfg.get("betas", (0.9, 0.999)))
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=tuple(cfg.get("betas", (0.9, 0.999))))
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas)
+    if name == "adam":  # betas too: a configured method.optim.betas used to be dropped silently for adam
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=betas)
     raise ValueError(f"method.optim.name={name!r} is not one of {OPTIMIZERS}")
 
 
