@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_official_init_is_kaiming_fan_out_with_zero_bias() -> None:
 
 
 def test_plan_trains_extracts_and_evaluates_each_network(tmp_path: Path) -> None:
-    steps = rc.plan(rc.Settings.smoke(), tmp_path)
+    steps = rc.plan(replace(rc.Settings.smoke(), networks=list(rc.NETWORKS)), tmp_path)
     names = [s.name for s in steps]
     for net in rc.NETWORKS:
         assert f"{net}/init" in names and f"{net}/std" in names and f"{net}/sigs" in names
@@ -88,6 +89,12 @@ def test_table_and_verdict_from_hand_made_rows(tmp_path: Path) -> None:
     assert [c["row"] for c in v["compositions"]] == ["uniform (Σα = 1)"]
     assert v["compositions"][0] == {"row": "uniform (Σα = 1)", "gain": 4.0, "clean_drop": 1.0,
                                     "others_drop": 0.5, "holds": True}
+    # single signatures that do not help their own corruption: nothing to compose, undecided
+    singles = [[f"single RWS_{c}, α = 1", f"one_{c}"] for c in composed]
+    acc1 = {**acc, **{f"one_{c}": {**std, c: 30.5} for c in composed}}
+    recs1 = ct.network_table(acc1, rows[:1] + singles + rows[1:2], composed, others)
+    v1 = ct.verdict(recs1, {k: list(c) for k, c in rc.COEFFICIENT_SETS.items()}, composed)
+    assert v1["holds"] is None and v1["single_gain"] == pytest.approx(0.5)
     # the same gain with 3 points of clean accuracy lost does not count
     lossy = {**uniform, "clean": 57.0}
     recs = ct.network_table(ct.accuracy_by_model(_rows({"std": std, "u": lossy})), rows[:2], composed, others)

@@ -57,11 +57,30 @@ def network_table(acc: Mapping[str, Mapping[str, float]], rows: list[list[str]],
     return records
 
 
-def verdict(records: list[dict[str, Any]], coefficient_sets: Mapping[str, list[float]]) -> dict[str, Any]:
-    """Whether some composition with Σα ≤ 1 gains on the composed corruptions at minimal loss."""
+def single_gain(records: list[dict[str, Any]], composed: list[str]) -> float | None:
+    """Mean over the composed corruptions of (single RWS_c at α = 1 on c) − (θ_std on c), in points."""
+    base = records[0]
+    gains = []
+    for c in composed:
+        rec = next((r for r in records if r["row"] == f"single RWS_{c}, α = 1"), None)
+        if rec is None or rec.get(c) is None or base.get(c) is None:
+            return None
+        gains.append(rec[c] - base[c])
+    return sum(gains) / len(gains) if gains else None
+
+
+def verdict(records: list[dict[str, Any]], coefficient_sets: Mapping[str, list[float]],
+            composed: list[str] | None = None) -> dict[str, Any]:
+    """Whether some composition with Σα ≤ 1 gains on the composed corruptions at minimal loss.
+    Undecided when the single signatures themselves do not gain (nothing to compose)."""
     base = records[0]
     if base["clean"] is None or base["composed mean"] is None:
         return {"holds": None, "why": "θ_std has no results"}
+    single = single_gain(records, composed) if composed else None
+    if single is not None and single < MIN_GAIN:
+        return {"holds": None, "single_gain": round(single, 2),
+                "why": f"the single signatures gain {single:+.1f} points on their own corruptions on average "
+                       f"(< {MIN_GAIN:g}): there is no robustness to compose"}
     checked = []
     for rec in records:
         coefs = coefficient_sets.get(rec["row"])
@@ -135,7 +154,7 @@ def write_report(out: Path, info: Mapping[str, Any]) -> str:
         rows = read_results(res_dir) if (res_dir / "results.jsonl").exists() else []
         recs = network_table(accuracy_by_model(rows), meta["rows"], composed, others)
         tables[net] = recs
-        verdicts[net] = verdict(recs, info["coefficient_sets"])
+        verdicts[net] = verdict(recs, info["coefficient_sets"], composed)
         parts += [to_markdown(net, meta["model"], recs, composed, verdicts[net]), ""]
     md = "\n".join(parts)
     write_text(out / "composition.md", md)
