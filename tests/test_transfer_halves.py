@@ -62,7 +62,14 @@ def test_direction_summary_and_verdict_by_hand() -> None:
     assert rep.direction_summary(rep.accuracy_at(_rows(acc_small), 5), "B", cs)["holds"] is False
     no_oracle = {**acc, **{f"B/std+B:{c}": {c: 40.5} for c in cs}}
     d = rep.direction_summary(rep.accuracy_at(_rows(no_oracle), 5), "B", cs)
-    assert d["holds"] is None and d["transfer_gain"] == pytest.approx(3.5)  # nothing to transfer: undecided
+    assert d["holds"] is None and d["judged"] == [] and d["transfer_gain_all"] == pytest.approx(3.5)
+    # only the corruptions whose own signature gains are judged: here fog alone (oracle +7, transfer +4)
+    one = {**no_oracle, "B/std+B:fog": {"fog": 47.0}}
+    d = rep.direction_summary(rep.accuracy_at(_rows(one), 5), "B", cs)
+    assert d["judged"] == ["fog"] and d["transfer_gain"] == pytest.approx(4.0) and d["oracle_gain"] == pytest.approx(7.0)
+    # the weights-only transfer row is summarised when present
+    wo = {**acc, **{f"B/std+A:{c}|bn=std": {c: 41.0} for c in cs}}
+    assert rep.direction_summary(rep.accuracy_at(_rows(wo), 5), "B", cs)["transfer_weights_only_gain"] == pytest.approx(1.0)
     del acc["B/robust/fog"]
     assert rep.direction_summary(rep.accuracy_at(_rows(acc), 5), "B", cs)["holds"] is None
 
@@ -89,7 +96,7 @@ def test_report_from_hand_made_files(tmp_path: Path) -> None:
     cos = {"__all__": {a: {b: (0.3 if a == b else 0.0) for b in cs} for a in cs}}
     write_text(tmp_path / "figure_data" / "fig5_cross_halves.json", json.dumps(cos))
     md = rep.write_report(tmp_path, info)
-    assert "Verdict A → B" in md and "**holds** — transfer +3.0, oracle +6.0 points (50% of the oracle gain)" in md
+    assert "Verdict A → B" in md and "**holds** — transfer +3.0, oracle +6.0 points (50% of the oracle gain)." in md
     assert f"| + RWS_fog from A (transfer) | 69.0 | – | – | 43.0 | – |" in md
     assert "| __all__ | 0.300 | 0.000 |" in md
     saved = json.loads((tmp_path / "transfer_halves.json").read_text())

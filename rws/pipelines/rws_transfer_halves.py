@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from rws.pipelines.runner import Step, lock_file, run
+from rws.pipelines.rws_cpu import _marker_name
 
 CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "contrast")
 HALVES = {"A": list(range(5)), "B": list(range(5, 10))}
@@ -90,6 +91,11 @@ def row_specs(out: Path, target: str) -> list[tuple[str, dict[str, Any]]]:
         for who, label in ((source, f"+ RWS_{c} from {source} (transfer)"), (target, f"+ RWS_{c} of {target} (oracle)")):
             rows.append((label, {"kind": "patch", "base": std, "name": f"{target}/std+{who}:{c}",
                                  "signatures": [{"path": str(_sig(out, who, c)), "alpha": 1.0}]}))
+        # The signature of a BN network carries the source's BN running statistics of the kept layers;
+        # weights only (bn_policy std) keeps the target's own statistics.
+        rows.append((f"+ RWS_{c} from {source}, weights only (target's BN statistics)",
+                     {"kind": "patch", "base": std, "name": f"{target}/std+{source}:{c}|bn=std", "bn_policy": "std",
+                      "signatures": [{"path": str(_sig(out, source, c)), "alpha": 1.0}]}))
         rows.append((f"θ_{c}^{target} (dedicated)", {"kind": "export", "path": str(_export(out, f"{target}/robust/{c}")),
                                                       "name": f"{target}/robust/{c}"}))
     return rows
@@ -133,7 +139,7 @@ def plan(s: Settings, out: Path) -> list[Step]:
                  for i, sp in enumerate(specs)}
         suites = (f"[clean,{{name: corruptions, corruptions: [{','.join(CORRUPTIONS)}], "
                   f"severities: [{','.join(str(v) for v in SEVERITIES)}]}}]")
-        marker = out / target / "eval" / ".done"
+        marker = out / target / "eval" / ".done" / _marker_name(f"eval_{target}", [specs, suites])
         steps.append(Step(f"{target}/eval", f"5 evaluate on {target}: {len(specs)} models", (
             "-m", "rws.cli.evaluate", *half_data(target), *s.data, f"paths.output_dir={out}",
             f"out={out / target / 'eval'}", f"specs=[{','.join(str(f) for f in files)}]", f"suites={suites}",

@@ -37,16 +37,29 @@ def direction_summary(acc: Mapping[str, Mapping[str, float]], target: str, corru
         per[c] = {"std": std.get(c), "transfer": acc.get(f"{target}/std+{source}:{c}", {}).get(c),
                   "oracle": acc.get(f"{target}/std+{target}:{c}", {}).get(c),
                   "dedicated": acc.get(f"{target}/robust/{c}", {}).get(c)}
-    complete = all(v is not None for p in per.values() for v in p.values())
+        weights_only = acc.get(f"{target}/std+{source}:{c}|bn=std", {}).get(c)
+        if weights_only is not None:
+            per[c]["transfer_weights_only"] = weights_only
+    complete = all(per[c][k] is not None for c in per for k in ("std", "transfer", "oracle", "dedicated"))
     if not complete:
         return {"per_corruption": per, "holds": None}
-    gain = sum(p["transfer"] - p["std"] for p in per.values()) / len(per)  # type: ignore[operator]
-    oracle = sum(p["oracle"] - p["std"] for p in per.values()) / len(per)  # type: ignore[operator]
-    # When the target's own signatures do not help, there is no robustness to transfer: undecided.
-    holds = None if oracle < MIN_GAIN else gain >= MIN_GAIN
-    return {"per_corruption": per, "transfer_gain": round(gain, 2), "oracle_gain": round(oracle, 2),
-            "fraction_of_oracle": round(gain / oracle, 2) if oracle > 0 else None,
-            "clean_std": std.get("clean"), "holds": holds}
+    # Judged on the corruptions where the target's own signature gains (oracle ≥ MIN_GAIN): elsewhere
+    # there is no robustness to transfer. None of them: undecided.
+    judged = [c for c in per if per[c]["oracle"] - per[c]["std"] >= MIN_GAIN]  # type: ignore[operator]
+
+    def mean_gain(key: str, cs: list[str]) -> float | None:
+        vals = [per[c][key] - per[c]["std"] for c in cs if per[c].get(key) is not None]  # type: ignore[operator]
+        return round(sum(vals) / len(vals), 2) if vals and len(vals) == len(cs) else None
+
+    out: dict[str, Any] = {"per_corruption": per, "judged": judged, "clean_std": std.get("clean"),
+                           "transfer_gain_all": mean_gain("transfer", list(per)),
+                           "oracle_gain_all": mean_gain("oracle", list(per))}
+    if not judged:
+        return {**out, "holds": None}
+    gain, oracle = mean_gain("transfer", judged), mean_gain("oracle", judged)
+    out.update(transfer_gain=gain, oracle_gain=oracle, transfer_weights_only_gain=mean_gain("transfer_weights_only", judged),
+               fraction_of_oracle=round(gain / oracle, 2) if oracle else None, holds=gain >= MIN_GAIN)
+    return out
 
 
 def similarity(cos: Mapping[str, Mapping[str, Mapping[str, float]]], corruptions: list[str]) -> dict[str, Any]:
@@ -121,18 +134,22 @@ def write_report(out: Path, info: Mapping[str, Any]) -> str:
         summary[target] = direction_summary(acc5, target, corruptions)
         d = summary[target]
         src = "B" if target == "A" else "A"
-        if "transfer_gain" not in d:
+        sev = max(info["severities"])
+        if "judged" not in d:
             parts += [f"Verdict {src} → {target}: undecided (results incomplete).", ""]
         elif d["holds"] is None:
-            parts += [f"Verdict {src} → {target}: undecided — {target}'s own signatures gain only "
-                      f"{d['oracle_gain']:+.1f} points (oracle < {MIN_GAIN:g}), so there is nothing to transfer; "
-                      f"transfer {d['transfer_gain']:+.1f}.", ""]
+            parts += [f"Verdict {src} → {target}: undecided — none of {target}'s own signatures gains "
+                      f"{MIN_GAIN:g} point on its corruption at severity {sev}, so there is nothing to transfer "
+                      f"(mean over all: oracle {d['oracle_gain_all']:+.1f}, transfer {d['transfer_gain_all']:+.1f}).", ""]
         else:
-            parts += [f"Verdict {src} → {target} (mean gain on the signature's own corruption at severity "
-                      f"{max(info['severities'])} ≥ {MIN_GAIN:g} point): **{'holds' if d['holds'] else 'not held'}** "
-                      f"— transfer {d['transfer_gain']:+.1f}, oracle {d['oracle_gain']:+.1f} points"
-                      + (f" ({d['fraction_of_oracle']:.0%} of the oracle gain)." if d["fraction_of_oracle"] is not None
-                         else "."), ""]
+            wo = d.get("transfer_weights_only_gain")
+            parts += [f"Verdict {src} → {target} (mean gain on the signature's own corruption at severity {sev}, over "
+                      f"the corruptions whose own signature gains ≥ {MIN_GAIN:g} point: {', '.join(d['judged'])}): "
+                      f"**{'holds' if d['holds'] else 'not held'}** — transfer {d['transfer_gain']:+.1f}, oracle "
+                      f"{d['oracle_gain']:+.1f} points"
+                      + (f" ({d['fraction_of_oracle']:.0%} of the oracle gain)" if d["fraction_of_oracle"] is not None
+                         else "")
+                      + (f"; weights only (target's BN statistics) {wo:+.1f}" if wo is not None else "") + ".", ""]
     cos_path = out / "figure_data" / "fig5_cross_halves.json"
     if cos_path.exists():
         cos = json.loads(cos_path.read_text())
