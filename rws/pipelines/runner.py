@@ -17,6 +17,7 @@ CIFAR-10 and the Tiny-ImageNet models of rws_cpu) interleave on the free cores.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -25,7 +26,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 # Hydra entry points (``python -m <module>``) and the config each composes: lets tests compose a
 # step's overrides with rws.config.compose to prove they are valid.
@@ -230,3 +231,17 @@ def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0) -> dict[str,
     if failure is not None:
         raise failure
     return timings
+
+
+def run_and_report(name: str, steps: Sequence[Step], out: Path, info: Mapping[str, Any],
+                   report: Callable[[Path, Mapping[str, Any]], str], jobs: int = 2) -> None:
+    """A study driver's tail: write ``plan.json`` (what the report is built from), run the steps, print
+    the report's markdown, write ``timings.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.json").write_text(json.dumps(dict(info), indent=2))
+    t0 = time.time()
+    timings = run(steps, jobs=jobs)
+    print("\n" + report(out, info))
+    timings["total"] = time.time() - t0
+    (out / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
+    print(f"\n{name} finished in {time.time() - t0:.0f}s; everything in {out}")

@@ -31,13 +31,11 @@ of n composed signatures by α/n and applies that factor twice, so its default (
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rws.pipelines.runner import Step, lock_file, run
+from rws.pipelines.runner import Step, lock_file, run_and_report
 from rws.pipelines.rws_cpu import _done, _eval_step, _experiment_data, _export, _merge_overrides, export_spec
 
 EXPERIMENT = "rws/cpu"
@@ -171,18 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         for st in steps:
             print(f"# {st.title}\n{st.shell()}")
         return
-    out.mkdir(parents=True, exist_ok=True)
-    info = plan_info(s, out)
-    (out / "plan.json").write_text(json.dumps(info, indent=2))
-    t0 = time.time()
-    timings = run(steps, jobs=2)
     from rws.report.composition_tables import write_report
 
-    md = write_report(out, info)
-    print("\n" + md)
-    timings["total"] = time.time() - t0
-    (out / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
-    print(f"\nrws_composition finished in {time.time() - t0:.0f}s; everything in {out}")
+    run_and_report("rws_composition", steps, out, plan_info(s, out), write_report)
 
 
 if __name__ == "__main__":

@@ -30,15 +30,13 @@ of the source half, which is also what is measured. ``--model`` runs another (e.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rws.pipelines.runner import Step, lock_file, run
+from rws.pipelines.runner import Step, lock_file, run_and_report
 from rws.pipelines.rws_cpu import _marker_name
 
 CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "contrast")
@@ -173,17 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         for st in steps:
             print(f"# {st.title}\n{st.shell()}")
         return
-    out.mkdir(parents=True, exist_ok=True)
-    info = plan_info(s, out)
-    (out / "plan.json").write_text(json.dumps(info, indent=2))
-    t0 = time.time()
-    timings = run(steps, jobs=2)
     from rws.report.transfer_halves import write_report
 
-    print("\n" + write_report(out, info))
-    timings["total"] = time.time() - t0
-    (out / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
-    print(f"\nrws_transfer_halves finished in {time.time() - t0:.0f}s; everything in {out}")
+    run_and_report("rws_transfer_halves", steps, out, plan_info(s, out), write_report)
 
 
 if __name__ == "__main__":
