@@ -95,6 +95,11 @@ def test_table_and_verdict_from_hand_made_rows(tmp_path: Path) -> None:
     recs1 = ct.network_table(acc1, rows[:1] + singles + rows[1:2], composed, others)
     v1 = ct.verdict(recs1, {k: list(c) for k, c in rc.COEFFICIENT_SETS.items()}, composed)
     assert v1["holds"] is None and v1["single_gain"] == pytest.approx(0.5)
+    # a θ_std at chance (CIFAR-10: 12 % < 2 × 10 %) gets no verdict, whatever the patched rows do
+    low = {"std": {**std, "clean": 12.0}, "u": {**uniform, "clean": 11.5}}
+    recs_low = ct.network_table(ct.accuracy_by_model(_rows(low)), rows[:2], composed, others)
+    v_low = ct.verdict(recs_low, {k: list(c) for k, c in rc.COEFFICIENT_SETS.items()}, composed, 10)
+    assert v_low["holds"] is None and "has not learned" in v_low["why"]
     # the same gain with 3 points of clean accuracy lost does not count
     lossy = {**uniform, "clean": 57.0}
     recs = ct.network_table(ct.accuracy_by_model(_rows({"std": std, "u": lossy})), rows[:2], composed, others)

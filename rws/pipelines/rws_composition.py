@@ -107,7 +107,7 @@ def row_specs(out: Path, net: str) -> list[tuple[str, dict[str, Any]]]:
 
 def plan_info(s: Settings, out: Path) -> dict[str, Any]:
     """What the report needs (written to plan.json)."""
-    return {"composed": list(COMPOSED), "others": list(OTHERS), "severity": SEVERITY,
+    return {"composed": list(COMPOSED), "others": list(OTHERS), "severity": SEVERITY, "num_classes": 10,
             "networks": {n: {"model": NETWORKS[n], "rows": [[label, sp["name"]] for label, sp in row_specs(out, n)]}
                          for n in s.networks},
             "coefficient_sets": {k: list(v) for k, v in COEFFICIENT_SETS.items()}}

@@ -25,6 +25,9 @@ from rws.utils.io import write_json, write_text
 # one point is 10 images).
 TOLERANCE = 2.0
 MIN_GAIN = 1.0
+# θ_std must be clearly above chance (here: twice chance) for any verdict: a network that has not
+# learned has no robustness to add up, whatever the patched rows do.
+CHANCE_FACTOR = 2.0
 
 
 def accuracy_by_model(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -70,12 +73,17 @@ def single_gain(records: list[dict[str, Any]], composed: list[str]) -> float | N
 
 
 def verdict(records: list[dict[str, Any]], coefficient_sets: Mapping[str, list[float]],
-            composed: list[str] | None = None) -> dict[str, Any]:
+            composed: list[str] | None = None, num_classes: int = 10) -> dict[str, Any]:
     """Whether some composition with Σα ≤ 1 gains on the composed corruptions at minimal loss.
-    Undecided when the single signatures themselves do not gain (nothing to compose)."""
+    Undecided when θ_std has not learned (clean < twice chance) or when the single signatures
+    themselves do not gain (nothing to compose)."""
     base = records[0]
     if base["clean"] is None or base["composed mean"] is None:
         return {"holds": None, "why": "θ_std has no results"}
+    floor = CHANCE_FACTOR * 100.0 / num_classes
+    if base["clean"] < floor:
+        return {"holds": None, "why": f"θ_std reaches {base['clean']:.1f} % clean accuracy (< {floor:g} %, twice "
+                                      f"chance): the network has not learned, there is nothing to compose"}
     single = single_gain(records, composed) if composed else None
     if single is not None and single < MIN_GAIN:
         return {"holds": None, "single_gain": round(single, 2),
@@ -154,7 +162,7 @@ def write_report(out: Path, info: Mapping[str, Any]) -> str:
         rows = read_results(res_dir) if (res_dir / "results.jsonl").exists() else []
         recs = network_table(accuracy_by_model(rows), meta["rows"], composed, others)
         tables[net] = recs
-        verdicts[net] = verdict(recs, info["coefficient_sets"], composed)
+        verdicts[net] = verdict(recs, info["coefficient_sets"], composed, int(info.get("num_classes", 10)))
         parts += [to_markdown(net, meta["model"], recs, composed, verdicts[net]), ""]
     md = "\n".join(parts)
     write_text(out / "composition.md", md)
