@@ -99,14 +99,8 @@ def _config_error(exc: BaseException) -> UserError | None:
 
 def user_error(exc: BaseException) -> UserError | None:
     """``exc`` as a UserError when it is a user mistake; None when it is a bug."""
-    if isinstance(exc, UserError):
+    if isinstance(exc, UserError):  # DatasetNotFoundError, SpecError, ... included
         return exc
-    try:
-        from rws.data.errors import DatasetNotFoundError
-    except ImportError:  # pragma: no cover
-        DatasetNotFoundError = ()  # type: ignore[assignment,misc]
-    if isinstance(exc, DatasetNotFoundError):
-        return UserError(one_line(str(exc)))
     mapped = _config_error(exc)
     if mapped is not None:
         return mapped

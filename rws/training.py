@@ -49,16 +49,16 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 def _joblib_gpu(cfg: DictConfig) -> Any:
     """joblib runs multirun jobs in parallel but gives every job GPU 0; spread them instead."""
     devices = cfg.trainer.get("devices", "auto")
-    if not torch.cuda.is_available() or torch.cuda.device_count() < 2 or devices not in ("auto", -1, None):
-        return devices
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    many_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= 2
+    if many_gpus and devices in ("auto", -1, None):  # pragma: no cover - needs two or more CUDA GPUs
+        try:
+            from hydra.core.hydra_config import HydraConfig
 
-        hc = HydraConfig.get()
-        if "joblib" in str(hc.launcher.get("_target_", "")).lower():
-            return [int(hc.job.num) % torch.cuda.device_count()]
-    except Exception:
-        pass
+            hc = HydraConfig.get()
+            if "joblib" in str(hc.launcher.get("_target_", "")).lower():
+                return [int(hc.job.num) % torch.cuda.device_count()]
+        except Exception:
+            pass
     return devices
 
 

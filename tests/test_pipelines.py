@@ -230,3 +230,32 @@ def test_other_pipeline_plans_compose(tmp_path: Path) -> None:
     assert [st.name for st in finetunes] == list(soups_cpu.FINETUNES) and all(st.log for st in finetunes)
     assert next(st for st in sp if st.name == "grid4").needs == ("linf", *soups_cpu.FINETUNES)
     assert not any(p.exists() for p in (tmp_path / "q", tmp_path / "t", tmp_path / "s"))
+
+
+def test_smoke_settings_compose_and_shrink_only_the_smoke_plans(tmp_path: Path) -> None:
+    """The smoke settings the end-to-end tests run (tests/test_pipeline_smoke.py) are valid overrides,
+    and the full settings' commands carry none of them."""
+    q_full = {st.name: st for st in quickstart.plan(quickstart.Settings(), tmp_path)}
+    q = {st.name: st for st in quickstart.plan(quickstart.Settings.smoke(), tmp_path)}
+    assert _compose_all(list(q.values())) == 9
+    ev = compose("evaluate", list(q["evaluate_0"].argv[2:]))
+    assert ev.data.test_subset == 120 and [s["beta"] for s in ev.specs if s["kind"] == "adapter"] == [1.0, 0.5, 0.0]
+    assert compose("evaluate", list(q_full["evaluate_0"].argv[2:])).data.test_subset is None
+    assert compose("train", list(q["init"].argv[2:])).trainer.max_epochs == 2
+
+    t = {st.name: st for st in rws_transfer.plan(rws_transfer.Settings.smoke(tmp_path / "cifar"), tmp_path / "t")}
+    assert _compose_all(list(t.values())) == 5
+    assert compose("train", list(t["std"].argv[2:])).data.subset_per_class == 3
+    specs = [yaml.safe_load(text) for text in t["evaluate"].files.values()]
+    assert [Path(sp["signatures"][0]["path"]).stem for sp in specs if "cifar_rws" in sp["name"]] == [
+        "gaussian_noise", "fog"]  # only the signatures rws_cpu --smoke writes
+    t_full = rws_transfer.plan(rws_transfer.Settings(cifar=tmp_path / "cifar"), tmp_path / "t")
+    assert "data.test_subset=1000" in next(st for st in t_full if st.name == "evaluate").argv
+
+    sp = {st.name: st for st in soups_cpu.plan(soups_cpu.Settings.smoke(), tmp_path / "s")}
+    grid4 = compose("sweep", list(sp["grid4"].argv[2:])).grid
+    assert (grid4.low, grid4.high, grid4.step) == (0, 1, 0.5)
+    assert list(compose("sweep", list(sp["front"].argv[2:])).grid.ws) == [0.0, 0.5, 1.0]
+    full = {st.name: st for st in soups_cpu.plan(soups_cpu.Settings(), tmp_path / "s")}
+    assert "grid.ws=[-0.2,0.0,0.2,0.4,0.6,0.8,1.0,1.2]" in full["front"].argv
+    assert not any(a.startswith(("grid.low", "grid.high", "grid.step")) for st in full.values() for a in st.argv)

@@ -1,13 +1,7 @@
-"""The RWS experiment presets compose and build, and the CPU-scale chain runs end to end (slow).
-Its plan is checked without running it in tests/test_pipelines.py."""
+"""The RWS experiment presets compose and build. The CPU-scale chain's plan is checked without running
+it in tests/test_pipelines.py; it runs end to end in tests/test_pipeline_smoke.py (-m pipeline)."""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +9,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from rws.config import CONF_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF = str(CONF_DIR)
 PAPER = {  # preset -> (data, model, num_classes, lr)
     "vgg16_cifar10": ("cifar10", "vgg16", 10, 0.01),
@@ -78,30 +71,3 @@ def test_cpu_presets_share_shallow_shapes() -> None:
     sa, sb = a.state_dict(), b.state_dict()
     head = set(head_keys(a))
     assert all(sa[k].shape == sb[k].shape for k in sa if k not in head)
-
-
-@pytest.mark.slow
-def test_rws_cpu_smoke_end_to_end(tmp_path: Path, shared_data_dir: Path) -> None:
-    out = tmp_path / "rws"
-    env = {**os.environ, "RWS_DATA": str(shared_data_dir), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "rws.pipelines.rws_cpu", "--smoke", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Standard + RWS_shallow" in proc.stdout
-    for f in ("table1.md", "table4.md", "alpha_sweep.md", "composition.md", "transfer.md", "tables.json"):
-        assert (out / f).is_file(), f
-    tables = json.loads((out / "tables.json").read_text())["tables"]
-    rows = {r["row"]: r for r in tables["table1"]}
-    for label in ("Standard", "All Models (oracle)", "Standard + RWS_shallow", "Standard + RWS_shallow,8bit",
-                  "Standard + RWS_shallow, BN recalibrated"):
-        assert rows[label]["RA@5"] is not None, label
-    assert rows["Standard + RWS_shallow"]["TA"] == rows["Standard"]["TA"]
-    assert rows["Standard + RWS_shallow,8bit"]["mb_files"] < rows["Standard + RWS_shallow"]["mb_files"]
-    for fig in ("fig2_layer_norms", "fig3_cosine_layers", "fig5_cross_dataset", "fig7_alpha_sweep",
-                "fig8_composition", "fig9_feature_maps"):
-        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
-    # resumable: a second run skips every step
-    again = subprocess.run([sys.executable, "-m", "rws.pipelines.rws_cpu", "--smoke", "--out", str(out),
-                            "--stages", "train,tiny,extract,eval"],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "[run ]" not in again.stdout, again.stdout[-2000:]

@@ -342,7 +342,7 @@ class HeadSelection(_PassesModes):
         owner = _head_owner(self.model)
         with torch.random.fork_rng(devices=devices):
             torch.default_generator.manual_seed(self.seed)
-            if devices:
+            if devices:  # pragma: no cover - CUDA only (the CUDA generator of the input's device)
                 with torch.cuda.device(devices[0]):
                     torch.cuda.manual_seed(self.seed)
             try:

@@ -1,7 +1,7 @@
 """The README's first command: the project's idea end to end on the embedded digits (no download),
 in a few minutes on two CPU cores.
 
-    python -m rws.pipelines.quickstart [--out outputs/quickstart] [--fresh] [--print-plan] [--eps 32/255]
+    python -m rws.pipelines.quickstart [--out outputs/quickstart] [--fresh] [--print-plan] [--eps 32/255] [--smoke]
 
 Steps (each a real CLI call with its log under <out>/logs; a finished step is skipped on re-run,
 two run at once):
@@ -53,6 +53,15 @@ class Settings:
     # trade-off; at 32/255 clean and robust modes differ.
     eps: str = "32/255"
     severities: str = "[1,3,5]"    # corruption severities to evaluate (a Hydra list)
+    eval_overrides: tuple[str, ...] = ()  # extra overrides of the evaluation steps (the smoke test subset)
+
+    @staticmethod
+    def smoke(eps: str = "32/255") -> "Settings":
+        """Every step and every table row once, at a fraction of the cost (tests/test_pipeline_smoke.py):
+        1-2 epochs, three betas, severity 3 only, 120 test images."""
+        return Settings(init_epochs=2, std_epochs=1, robust_epochs=1, cotrain_epochs=1, teacher_epochs=1,
+                        distill_epochs=1, betas=(1.0, 0.5, 0.0), eps=eps, severities="[3]",
+                        eval_overrides=("data.test_subset=120",))
 
 
 def _export(out: Path, name: str) -> str:
@@ -115,7 +124,8 @@ def plan(s: Settings, out: Path) -> list[Step]:
         steps.append(Step(f"evaluate_{shard}", f"8/9 evaluate every row on clean + 19 corruptions + PGD-40 "
                                                f"(shard {shard + 1}/2)",
                           ("-m", "rws.cli.evaluate", f"paths.output_dir={out}", f"specs=[{','.join(specs(s, out))}]",
-                           suites, f"shard={shard}/2", f"out={out}/eval", "print_table=false", "progress=false"),
+                           suites, f"shard={shard}/2", f"out={out}/eval", "print_table=false", "progress=false",
+                           *s.eval_overrides),
                           needs=("sigs", "cotrain", "student"), env=env, log=out / "logs" / f"evaluate_{shard}.log", tag="eval"))
     steps.append(Step("table", "9/9 table", ("-m", "rws.report.tables", str(out / "eval"), "--table", "summary",
                                              "--out", str(out / "table")),
@@ -129,9 +139,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
     p.add_argument("--print-plan", action="store_true", help="print every command and exit")
     p.add_argument("--eps", default=Settings.eps, help="l-inf radius of co-training and of the PGD-40 evaluation")
+    p.add_argument("--smoke", action="store_true",
+                   help="every step and table row at a fraction of the cost (1-2 epochs, severity 3, 120 test images)")
     a = p.parse_args(argv)
     out = Path(a.out).resolve()
-    steps = plan(Settings(eps=a.eps), out)
+    steps = plan(Settings.smoke(a.eps) if a.smoke else Settings(eps=a.eps), out)
     if a.print_plan:
         for st in steps:
             print(f"# {st.title}\n{st.shell()}\n")

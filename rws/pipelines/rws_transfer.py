@@ -1,6 +1,6 @@
 """RWS transfer across datasets with a *shared* theta_init (Table 3, CPU scale):
 
-    python -m rws.pipelines.rws_transfer [--cifar outputs/rws_cpu] [--out outputs/rws_transfer]
+    python -m rws.pipelines.rws_transfer [--cifar outputs/rws_cpu] [--out outputs/rws_transfer] [--smoke]
 
 rws_cpu's own transfer table starts the Tiny-ImageNet models from their own theta_init; signatures
 then live in unrelated bases and do not transfer. Here the Tiny-ImageNet models start from the
@@ -34,13 +34,23 @@ class Settings:
     epochs: int = 4
     lr: float = 0.03
     sigset: str = "shallow32"    # which CIFAR-10 signature set (a folder of <cifar>/sigs)
+    corruptions: tuple[str, ...] = tuple(CPU_SHIFTS)  # CIFAR-10 signatures transferred and corruptions evaluated
+    test_subset: int = 1000      # Tiny-ImageNet test images
+    tiny_overrides: tuple[str, ...] = ()  # data overrides of the Tiny-ImageNet training steps
+
+    @staticmethod
+    def smoke(cifar: Path) -> "Settings":
+        """Every step once on a few images, on the output of ``rws_cpu --smoke`` (its 2 corruptions)."""
+        return Settings(cifar=cifar, epochs=1, corruptions=("gaussian_noise", "fog"), test_subset=50,
+                        tiny_overrides=("data.subset_per_class=3", "data.val_size=20", "data.test_subset=50",
+                                        "data.batch_size=50"))
 
 
 def plan(s: Settings, out: Path) -> list[Step]:
     cifar, tc = s.cifar, TINY_CORRUPTION
     env = {"OMP_NUM_THREADS": "1"}
     common = ("-m", "rws.cli.train", "experiment=rws/cpu_tiny", f"paths.output_dir={out}",
-              "trainer.enable_progress_bar=false")
+              "trainer.enable_progress_bar=false", *s.tiny_overrides)
     steps = [Step("init", "1/5 Tiny theta_init = CIFAR-10 theta_init + a fresh 200-way head",
                   (*common, f"init={cifar}/init/export", "init_skip=[head]", "trainer.max_epochs=0",
                    "test_after_fit=false", f"hydra.run.dir={out}/init"),
@@ -59,16 +69,16 @@ def plan(s: Settings, out: Path) -> list[Step]:
     specs = [std, {"kind": "export", "path": f"{out}/robust_{tc}/export", "name": f"tiny_robust_{tc}"}]
     specs += [{"kind": "patch", "name": f"tiny_std+cifar_rws_{c}", "base": std,
                "signatures": [{"path": f"{cifar}/sigs/{s.sigset}/{c}.safetensors", "alpha": 1.0}]}
-              for c in CPU_SHIFTS]
+              for c in s.corruptions]
     specs.append({"kind": "patch", "name": f"tiny_std+tiny_rws_{tc}", "base": std,
                   "signatures": [{"path": f"{out}/sigs/{tc}.safetensors", "alpha": 1.0}]})
     # Spec files rather than inline specs: paths and names stay out of Hydra's override grammar.
     files = {out / "specs" / f"{i:02d}.yaml": yaml.safe_dump(spec, sort_keys=False) for i, spec in enumerate(specs)}
     steps.append(Step("evaluate", "4/5 evaluate on Tiny-ImageNet",
-                      ("-m", "rws.cli.evaluate", "data=tiny_imagenet", "data.test_subset=1000",
+                      ("-m", "rws.cli.evaluate", "data=tiny_imagenet", f"data.test_subset={s.test_subset}",
                        f"paths.output_dir={out}", f"specs=[{','.join(str(f) for f in files)}]", f"out={out}/eval",
                        "print_table=false", "progress=false",
-                       f"suites=[clean,{{name: corruptions, corruptions: [{','.join(CPU_SHIFTS)}], "
+                       f"suites=[clean,{{name: corruptions, corruptions: [{','.join(s.corruptions)}], "
                        "severities: [3,5]}]"),
                       env=env, files=files, needs=("extract",)))
     steps.append(Step("table", "5/5 table",
@@ -85,9 +95,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=Settings.epochs)
     p.add_argument("--lr", type=float, default=Settings.lr)
     p.add_argument("--sigset", default=Settings.sigset, help="which CIFAR-10 signature set (a folder of <cifar>/sigs)")
+    p.add_argument("--smoke", action="store_true",
+                   help="1 epoch on a few Tiny-ImageNet images, for --cifar from `rws_cpu --smoke` (its 2 corruptions)")
     a = p.parse_args(argv)
     out = Path(a.out).resolve()
-    run(plan(Settings(Path(a.cifar).resolve(), a.epochs, a.lr, a.sigset), out), jobs=2)
+    cifar = Path(a.cifar).resolve()
+    s = Settings.smoke(cifar) if a.smoke else Settings(cifar, a.epochs, a.lr, a.sigset)
+    run(plan(s, out), jobs=2)
     print((out / "transfer_shared.md").read_text())
 
 

@@ -40,11 +40,18 @@ class Settings:
     k_adv: int = 200             # examples per adversarial target
     k_shift: int = 1000          # examples per corruption target (few-shot pool)
     extra: tuple[str, ...] = field(default_factory=tuple)  # data/method overrides of every training step
+    front_ws: tuple[float, ...] = (-0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2)  # the two-model front (Fig. 1)
+    simplex_grid: tuple[str, ...] = ()   # overrides of grid=convex (default: step 0.2, 21 soups)
+    grid4_grid: tuple[str, ...] = ()     # overrides of grid=paper (default: [-0.4, 1.4] step 0.2, 480 soups)
 
     @staticmethod
     def smoke() -> "Settings":
+        """Every step once, on tiny data and small grids: the 480-soup grid alone would be ~3,000 cells."""
         return Settings(epochs=1, finetune_epochs=1, attack_steps=2, k_adv=16, k_shift=60,
-                        extra=("data.subset_per_class=20", "data.val_size=100", "method.attack_steps=2"))
+                        extra=("data.subset_per_class=20", "data.val_size=100", "method.attack_steps=2"),
+                        front_ws=(0.0, 0.5, 1.0), simplex_grid=("grid.step=0.5",),
+                        # 4 members, convex weights in {0, 0.5, 1}: 10 soups (the selection still has a choice)
+                        grid4_grid=("grid.low=0", "grid.high=1", "grid.step=0.5"))
 
 
 def plan(s: Settings, out: Path) -> list[Step]:
@@ -72,20 +79,20 @@ def plan(s: Settings, out: Path) -> list[Step]:
     clean = f"{{name: clean, suite: clean, k: {k_shift}}}"
     plan_steps.append(Step("front", "3/5 two-model front theta_inf <-> theta_inf->2", (
              *sweep_common, f"members=[{members['linf']},{members['linf_to_l2']}]", "member_names=[linf,linf_to_l2]",
-              "grid=front", "grid.ws=[-0.2,0.0,0.2,0.4,0.6,0.8,1.0,1.2]",
+              "grid=front", f"grid.ws=[{','.join(str(w) for w in s.front_ws)}]",
               f"targets=[{clean},{','.join(adv)},{{name: union, suite: union, threats: "
               f"[{{norm: linf, eps: 8/255}}, {{norm: l2, eps: 0.5}}], k: {k_adv}}}]", f"out={out}/front"),
              env=env, needs=("linf", "linf_to_l2")))
     plan_steps.append(Step("simplex", "4/5 three-model convex grid (21 soups)", (
              *sweep_common, f"members=[{members['linf']},{members['linf_to_l2']},{members['linf_to_l1']}]",
-              "member_names=[linf,linf_to_l2,linf_to_l1]", "grid=convex",
+              "member_names=[linf,linf_to_l2,linf_to_l1]", "grid=convex", *s.simplex_grid,
               f"targets=[{clean},{','.join(adv)},{{name: l1, suite: adversarial, threat: {{norm: l1, eps: 12}}, "
               f"k: {k_adv}}}]", f"out={out}/simplex"), env=env, needs=("linf", "linf_to_l2", "linf_to_l1")))
     shift_targets = [clean] + [f"{{name: {c}, suite: corruption, corruption: {c}, severity: 3, k: {k_shift}}}"
                                for c in SHIFTS]
     plan_steps.append(Step("grid4", "5/5 four-model grid search on corruption shifts (480 soups) + few-shot selection", (
              *sweep_common, f"members=[{','.join(members.values())}]", f"member_names=[{','.join(members)}]",
-              "grid=paper", f"targets=[{','.join(shift_targets)}]", f"out={out}/grid4"), env=env,
+              "grid=paper", *s.grid4_grid, f"targets=[{','.join(shift_targets)}]", f"out={out}/grid4"), env=env,
              needs=tuple(members)))
     return plan_steps
 
