@@ -23,25 +23,12 @@ def _one_thread():
 
 # ----- a tiny trained model on a separable synthetic problem ------------------------------------
 
-from tiny_problem import K, SHAPE, TinyNet, blobs  # noqa: E402  (shared with tests/test_guards.py)
+from tiny_problem import SHAPE, train_tiny  # noqa: E402  (shared with tests/test_guards.py)
 
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = TinyNet()
-    x, y = blobs(1024, 1)
-    opt = torch.optim.Adam(model.parameters(), 1e-2, foreach=False)  # foreach is slow for tiny models on CPU
-    for step in range(120):
-        idx = torch.randint(0, len(x), (128,))
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    xt, yt = blobs(128, 2)
-    return model, xt, yt
+    return train_tiny()
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

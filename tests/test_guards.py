@@ -22,27 +22,14 @@ from torch import nn
 
 # ----- a tiny trained model on a separable synthetic problem (as in tests/test_attacks.py) -------------
 
-from tiny_problem import K, SHAPE, TinyNet, blobs  # noqa: E402  (shared with tests/test_attacks.py)
+from tiny_problem import train_tiny  # noqa: E402  (shared with tests/test_attacks.py)
 
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """TinyNet trained to 100 % test accuracy on the blobs; 128 test points."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = TinyNet()
-        x, y = blobs(1024, 1)
-        opt = torch.optim.Adam(model.parameters(), 1e-2, foreach=False)
-        for _ in range(120):
-            idx = torch.randint(0, len(x), (128,))
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    xt, yt = blobs(128, 2)
-    return model, xt, yt
+        return train_tiny()
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -18,14 +18,10 @@ def _perturbed(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Ten
             for k, v in state.items()}
 
 
-@pytest.mark.parametrize("mix", ["convex", "affine"])
-def test_bn_mix_from_the_patch_cli_reaches_the_spec(tmp_path: Path, mix: str) -> None:
+def _tiny_exports(tmp_path: Path) -> dict[str, str]:
+    """θ_init, θ_std and a fog model of a tiny small_cnn (std and fog: θ_init perturbed), as exports."""
     from rws.models import create_model
-    from rws.stages import patch as stage
-    from rws.stages.extract import extract_all
-    from rws.weights.export import load_export, save_export
-    from rws.weights.patching import Patcher
-    from rws.weights.signature_io import load_signature
+    from rws.weights.export import save_export
 
     cfg_model = {"name": "small_cnn", "num_classes": 3, "width": 0.125}
     torch.manual_seed(0)
@@ -35,6 +31,18 @@ def test_bn_mix_from_the_patch_cli_reaches_the_spec(tmp_path: Path, mix: str) ->
     for i, name in enumerate(["init", "std", "fog"]):
         model.load_state_dict(init if i == 0 else _perturbed(init, i))
         paths[name] = str(save_export(tmp_path / name, model, cfg_model))
+    return paths
+
+
+@pytest.mark.parametrize("mix", ["convex", "affine"])
+def test_bn_mix_from_the_patch_cli_reaches_the_spec(tmp_path: Path, mix: str) -> None:
+    from rws.stages import patch as stage
+    from rws.stages.extract import extract_all
+    from rws.weights.export import load_export
+    from rws.weights.patching import Patcher
+    from rws.weights.signature_io import load_signature
+
+    paths = _tiny_exports(tmp_path)
     extract_all(paths["init"], paths["std"], {"fog": paths["fog"]}, tmp_path / "sigs", layers={"k": 2},
                 bits=32, bn_policy="robust", analysis=False)
     sig = tmp_path / "sigs" / "fog.safetensors"
@@ -61,21 +69,13 @@ def test_extract_and_patch_run_as_modules(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from rws.models import create_model
     from rws.stages.extract import extract_all
-    from rws.weights.export import load_export, save_export
+    from rws.weights.export import load_export
     from rws.weights.patching import Patcher
     from rws.weights.signature_io import load_signature
 
     root = Path(__file__).resolve().parents[1]
-    cfg_model = {"name": "small_cnn", "num_classes": 3, "width": 0.125}
-    torch.manual_seed(0)
-    model = create_model(**cfg_model).eval()
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    paths = {}
-    for i, name in enumerate(["init", "std", "fog"]):
-        model.load_state_dict(init if i == 0 else _perturbed(init, i))
-        paths[name] = str(save_export(tmp_path / name, model, cfg_model))
+    paths = _tiny_exports(tmp_path)
 
     def run(*argv: str) -> None:
         p = subprocess.run([sys.executable, "-m", *argv, f"paths.output_dir={tmp_path / 'hydra'}"], cwd=root,

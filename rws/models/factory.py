@@ -118,7 +118,7 @@ def _check_options(name: str, build: Any, args: tuple, num_classes: int, options
     try:
         sig.bind(*args, num_classes, **options)
     except TypeError:
-        taken = [p for p in sig.parameters if p not in ("num_classes",) and p not in ("arch", "name")]
+        taken = [p for p in sig.parameters if p not in ("num_classes", "arch", "name")]
         unknown = sorted(set(options) - set(sig.parameters))
         what = f"unknown option(s) {', '.join(repr(u) for u in unknown)}" if unknown else "options that do not fit"
         raise ValueError(f"{what} for model {name!r} (model.{unknown[0] if unknown else name}), "

@@ -17,7 +17,6 @@ CIFAR-10 and the Tiny-ImageNet models of rws_cpu) interleave on the free cores.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -237,11 +236,12 @@ def run_and_report(name: str, steps: Sequence[Step], out: Path, info: Mapping[st
                    report: Callable[[Path, Mapping[str, Any]], str], jobs: int = 2) -> None:
     """A study driver's tail: write ``plan.json`` (what the report is built from), run the steps, print
     the report's markdown, write ``timings.json``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(json.dumps(dict(info), indent=2))
+    from rws.utils.io import write_json
+
+    write_json(out / "plan.json", dict(info))
     t0 = time.time()
     timings = run(steps, jobs=jobs)
     print("\n" + report(out, info))
     timings["total"] = time.time() - t0
-    (out / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
+    write_json(out / "timings.json", {k: round(v, 1) for k, v in timings.items()})
     print(f"\n{name} finished in {time.time() - t0:.0f}s; everything in {out}")

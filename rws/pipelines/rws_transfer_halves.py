@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from rws.pipelines.runner import Step, lock_file, run_and_report
-from rws.pipelines.rws_cpu import _marker_name
+from rws.pipelines.rws_cpu import _done, _export, _marker_name, export_spec
 
 CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "contrast")
 HALVES = {"A": list(range(5)), "B": list(range(5, 10))}
@@ -72,10 +72,6 @@ def half_data(half: str) -> list[str]:
     return ["data=cifar10_jpeg", f"data.class_subset=[{','.join(str(c) for c in HALVES[half])}]", "data.num_classes=5"]
 
 
-def _export(out: Path, role: str) -> Path:
-    return out / role / "export"
-
-
 def _sig(out: Path, half: str, c: str) -> Path:
     return out / half / "sigs" / f"{c}.safetensors"
 
@@ -83,7 +79,7 @@ def _sig(out: Path, half: str, c: str) -> Path:
 def row_specs(out: Path, target: str) -> list[tuple[str, dict[str, Any]]]:
     """(table label, spec) evaluated on ``target``'s test images."""
     source = "B" if target == "A" else "A"
-    std = {"kind": "export", "path": str(_export(out, f"{target}/std")), "name": f"{target}/std"}
+    std = export_spec(out, f"{target}/std")
     rows: list[tuple[str, dict[str, Any]]] = [(f"θ_std^{target} (unpatched)", std)]
     for c in CORRUPTIONS:
         for who, label in ((source, f"+ RWS_{c} from {source} (transfer)"), (target, f"+ RWS_{c} of {target} (oracle)")):
@@ -94,8 +90,7 @@ def row_specs(out: Path, target: str) -> list[tuple[str, dict[str, Any]]]:
         rows.append((f"+ RWS_{c} from {source}, weights only (target's BN statistics)",
                      {"kind": "patch", "base": std, "name": f"{target}/std+{source}:{c}|bn=std", "bn_policy": "std",
                       "signatures": [{"path": str(_sig(out, source, c)), "alpha": 1.0}]}))
-        rows.append((f"θ_{c}^{target} (dedicated)", {"kind": "export", "path": str(_export(out, f"{target}/robust/{c}")),
-                                                      "name": f"{target}/robust/{c}"}))
+        rows.append((f"θ_{c}^{target} (dedicated)", export_spec(out, f"{target}/robust/{c}")))
     return rows
 
 
@@ -107,7 +102,7 @@ def plan(s: Settings, out: Path) -> list[Step]:
         steps.append(Step(role, title, (
             "-m", "rws.cli.train", f"model={s.model}", f"run_name={role.replace('/', '_')}", f"hydra.run.dir={run_dir}",
             f"paths.output_dir={out}", "trainer.enable_progress_bar=false", *argv),
-            done=run_dir / "export" / "metrics.json", needs=needs, lock=lock_file(run_dir), tag="train"))
+            done=_done(run_dir), needs=needs, lock=lock_file(run_dir), tag="train"))
 
     if s.pretrain not in PRETRAIN:
         raise ValueError(f"--pretrain {s.pretrain!r} is not one of {sorted(PRETRAIN)}")
@@ -115,18 +110,18 @@ def plan(s: Settings, out: Path) -> list[Step]:
           [*PRETRAIN[s.pretrain], *s.pre_data, f"trainer.max_epochs={s.pre_epochs}", f"method.optim.lr={s.pre_lr}"],
           ())
     train("init", "2 θ_init = θ_pre + a fresh 5-way head",
-          ["experiment=rws/cpu", *half_data("A"), *s.data, f"init={_export(out, 'pre')}", "init_skip=[head]",
+          ["experiment=rws/cpu", *half_data("A"), *s.data, f"init={_export(out / 'pre')}", "init_skip=[head]",
            "trainer.max_epochs=0", "test_after_fit=false"], ("pre",))
-    ft = [f"init={_export(out, 'init')}", f"trainer.max_epochs={s.ft_epochs}", f"method.optim.lr={s.ft_lr}"]
+    ft = [f"init={_export(out / 'init')}", f"trainer.max_epochs={s.ft_epochs}", f"method.optim.lr={s.ft_lr}"]
     for half in HALVES:
         data = ["experiment=rws/cpu", *half_data(half), *s.data]
         train(f"{half}/std", f"3 θ_std^{half}", [*data, *ft], ("init",))
         for c in CORRUPTIONS:
             train(f"{half}/robust/{c}", f"3 θ_{c}^{half} (severity 5)",
                   [*data, *ft, "method=corruption", f"method.corruptions={c}", "method.severity=5"], ("init",))
-        robust = "{" + ", ".join(f"{c}: {_export(out, f'{half}/robust/{c}')}" for c in CORRUPTIONS) + "}"
+        robust = "{" + ", ".join(f"{c}: {_export(out / f'{half}/robust/{c}')}" for c in CORRUPTIONS) + "}"
         steps.append(Step(f"{half}/sigs", f"4 signatures of {half} (k={s.layers_k})", (
-            "-m", "rws.stages.extract", f"init={_export(out, 'init')}", f"std={_export(out, f'{half}/std')}",
+            "-m", "rws.stages.extract", f"init={_export(out / 'init')}", f"std={_export(out / f'{half}/std')}",
             f"robust={robust}", f"out={out / half / 'sigs'}", f"layers.k={s.layers_k}", "bits=32", "analysis=false",
             f"paths.output_dir={out}", f"hydra.run.dir={out / half / 'sigs' / 'hydra'}"),
             done=_sig(out, half, CORRUPTIONS[-1]), needs=("init", f"{half}/std", *[f"{half}/robust/{c}" for c in CORRUPTIONS]),
