@@ -456,3 +456,15 @@ def test_class_subset_errors_name_the_option(subset, num_classes: int, match: st
     with pytest.raises(ValueError, match=match):
         dm = DigitsDataModule(class_subset=subset, num_classes=num_classes)
         dm.setup()
+
+
+def test_class_subset_is_part_of_the_data_identity() -> None:
+    """Results on one half of a dataset must never be resumed as results on the other half."""
+    from rws.evaluation.sources import TestStream, data_identity
+
+    a = DigitsDataModule(class_subset=[3, 7], num_classes=2)
+    b = DigitsDataModule(class_subset=[1, 2], num_classes=2)
+    whole = DigitsDataModule()
+    assert data_identity(a)["class_subset"] == [3, 7] and data_identity(b)["class_subset"] == [1, 2]
+    assert TestStream(a, 10).settings() != TestStream(b, 10).settings()
+    assert data_identity(whole) == {"name": "digits", "test_subset": None, "test_per_class": None}  # as before

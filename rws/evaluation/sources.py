@@ -35,9 +35,13 @@ CorruptFn = Callable[..., torch.Tensor]
 
 
 def data_identity(datamodule: Any) -> dict[str, Any]:
-    """What identifies the test examples of a datamodule: its config name and test subsetting
+    """What identifies the test examples of a datamodule: its config name, the classes it keeps
+    (``class_subset``, only when set, so identities without it stay as they were) and test subsetting
     (``test_subset``/``test_per_class`` draw with the data seed)."""
     ident: dict[str, Any] = {"name": getattr(datamodule, "name", type(datamodule).__name__)}
+    classes = getattr(datamodule, "class_subset", None)
+    if classes is not None:
+        ident["class_subset"] = list(classes)
     subset = {k: getattr(datamodule, k, None) for k in ("test_subset", "test_per_class")}
     ident.update(subset)
     if any(v is not None for v in subset.values()):
