@@ -48,7 +48,7 @@ def test_plan_trains_extracts_and_evaluates_each_network(tmp_path: Path) -> None
         assert f"{net}/init" in names and f"{net}/std" in names and f"{net}/sigs" in names
         assert all(f"{net}/robust/{c}" in names for c in rc.COMPOSED)
         model = next(s for s in steps if s.name == f"{net}/init").argv
-        assert f"model={rc.NETWORKS[net]}" in model
+        assert f"model={rc.NETWORKS[net].model}" in model
     ev = next(s for s in steps if s.name == "eval/vgg_composition")
     # every spec file names the run's signatures and base
     specs = [json.loads(json.dumps(__import__("yaml").safe_load(v))) for v in ev.files.values()]
@@ -61,6 +61,28 @@ def test_plan_trains_extracts_and_evaluates_each_network(tmp_path: Path) -> None
     bn_rows = [label for label, _ in rc.row_specs(tmp_path, "vgg_bn")]
     assert "α = 1 each, bn_mix: convex" in bn_rows
     assert "α = 1 each, bn_mix: convex" not in [label for label, _ in rc.row_specs(tmp_path, "vgg")]
+
+
+@pytest.mark.parametrize("net", list(rc.NETWORKS))
+def test_each_network_trains_with_its_recipe(tmp_path: Path, net: str) -> None:
+    """The composed configs carry the network's optimizer and learning rates: θ_init at init_lr,
+    the clean and the corruption fine-tunes (``method=corruption`` swaps the method group) at ft_lr."""
+    from rws.config import compose
+
+    network = rc.NETWORKS[net]
+    steps = {s.name: s for s in rc.plan(replace(rc.Settings(), networks=[net]), tmp_path)}
+    expected = {f"{net}/init": network.init_lr, f"{net}/std": network.ft_lr, f"{net}/robust/fog": network.ft_lr}
+    for name, lr in expected.items():
+        app, overrides = steps[name].hydra_app()  # type: ignore[misc]
+        cfg = compose(app, overrides)
+        assert cfg.model.name == network.model.removesuffix("_narrow") and cfg.model.width == 0.25
+        assert cfg.method.optim.name == ("adam" if network.optim else "sgd")
+        assert float(cfg.method.optim.lr) == lr
+        assert float(cfg.method.optim.weight_decay) == (0.0 if network.optim else 5e-4)
+        assert cfg.trainer.max_epochs == (rc.Settings().init_epochs if name.endswith("init") else rc.Settings().ft_epochs)
+        assert cfg.data.subset_per_class == 1000 and cfg.data.test_subset == 2000
+    robust = compose(*steps[f"{net}/robust/fog"].hydra_app())  # type: ignore[misc]
+    assert robust.method.name == "corruption" and robust.method.corruptions == "fog" and robust.method.severity == 5
 
 
 def _rows(acc: dict[str, dict[str, float]]) -> list[dict]:

@@ -179,3 +179,12 @@ def hydra_entry(config_name: str) -> Callable[[TaskFunction], Callable[[], Any]]
 
 
 __all__ = ["OutputGuard", "UserError", "hydra_entry", "one_line", "report", "run_task"]
+
+
+def script_entry(main: Callable[[], Any]) -> Any:
+    """The error rule for the argparse drivers (``python -m rws.pipelines.<study>``): a UserError
+    becomes the one line and exit status 2; anything else keeps its traceback."""
+    try:
+        return main()
+    except UserError as e:
+        report(e)

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# {st.title}\n{st.shell()}\n")
         return
     t0 = time.time()
-    run(steps, jobs=2)
+    run(steps, record_dir=out / ".steps", jobs=2)
     print(f"\nadapters_cpu finished in {time.time() - t0:.0f}s")
     report = out / "report" / "adapters.md"
     if report.exists():
@@ -214,4 +214,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from rws.cli.entry import script_entry
+
+    script_entry(main)

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# {st.title}\n{st.shell()}\n")
         return
     t0 = time.time()
-    run(select(steps, a.stages.split(",")), jobs=2)
+    run(select(steps, a.stages.split(",")), record_dir=out / ".steps", jobs=2)
     report = out / "report" / "distill.md"
     if report.exists():
         print(report.read_text())
@@ -238,4 +238,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from rws.cli.entry import script_entry
+
+    script_entry(main)

@@ -151,10 +151,12 @@ def main(argv: list[str] | None = None) -> None:
     if a.fresh and out.exists():
         shutil.rmtree(out)
     t0 = time.time()
-    run(steps, jobs=2)
+    run(steps, record_dir=out / ".steps", jobs=2)
     print(f"\n{(out / 'table.md').read_text()}")
     print(f"quickstart finished in {time.time() - t0:.0f}s; results in {out}/eval, table in {out}/table.md")
 
 
 if __name__ == "__main__":
-    main()
+    from rws.cli.entry import script_entry
+
+    script_entry(main)

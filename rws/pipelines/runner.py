@@ -10,6 +10,14 @@ directory may both reach, a ``lock`` file: the first driver takes it (the file h
 other one goes on with the next free step and later waits for the held one to be done. A lock
 whose pid is dead is taken over.
 
+Resuming never reuses a step run with other settings: with ``record_dir`` (the drivers pass
+``<out>/.steps``), a step writes ``<record_dir>/<step name>.json``, its settings (argv, environment,
+the content of the files it reads), before it starts, so a step killed half-way still has the record
+of what it was doing. A done step whose record differs is refused (exit 2, naming the first
+differing argument) instead of skipped, e.g. a ``--smoke`` run and then a full run into one
+``--out``; so is a done step without a record (an output of an rws from before records: its settings
+are unknown).
+
 ``run`` starts every step whose needs are finished, in plan order, up to ``jobs`` at once. So a
 list of independent training steps runs in parallel, a chain runs in order, and two chains (the
 CIFAR-10 and the Tiny-ImageNet models of rws_cpu) interleave on the free cores.
@@ -17,6 +25,8 @@ CIFAR-10 and the Tiny-ImageNet models of rws_cpu) interleave on the free cores.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shlex
 import subprocess
@@ -136,12 +146,69 @@ def _is_done(st: Step) -> bool:
     return st.done is not None and Path(st.done).exists()
 
 
-def _execute(st: Step) -> float:
+def step_settings(st: Step) -> dict[str, Any]:
+    """What a step's result depends on: its arguments, environment and the files it reads."""
+    return {"argv": list(st.argv), "env": dict(sorted(st.env.items())),
+            "files": {str(p): hashlib.sha1(t.encode()).hexdigest() for p, t in sorted(st.files.items())}}
+
+
+def record_file(record_dir: Path, st: Step) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in st.name)
+    return Path(record_dir) / f"{safe}.json"
+
+
+def write_record(record_dir: Path | None, st: Step) -> None:
+    if record_dir is None:
+        return
+    from rws.utils.io import write_json
+
+    write_json(record_file(record_dir, st), step_settings(st))
+
+
+def _difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The first difference between two records, for the error line."""
+    a, b = list(old.get("argv", [])), list(new.get("argv", []))
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"argument {i}: {x!r} then, {y!r} now"
+    if len(a) != len(b):
+        extra = a[len(b):] or b[len(a):]
+        return f"arguments {extra!r} {'dropped' if len(a) > len(b) else 'added'}"
+    for key in ("env", "files"):
+        if old.get(key) != new.get(key):
+            return f"its {key} differ"
+    return "its settings differ"
+
+
+def check_record(record_dir: Path | None, st: Step) -> None:
+    """A done step may be skipped only if it ran with the same settings: raise UserError otherwise,
+    also when there is no record (settings unknown)."""
+    if record_dir is None:
+        return
+    from rws.errors import UserError
+
+    path = record_file(record_dir, st)
+    expected = "the same settings to resume, or a new --out (or delete that step's outputs to redo it)"
+    if not path.exists():
+        raise UserError(f"step {st.name!r} is done but there is no record of the settings it ran with "
+                        "(an output of an older rws)", f"done marker {st.done}, record {path}", expected)
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        old = {}
+    new = json.loads(json.dumps(step_settings(st)))
+    if old != new:
+        raise UserError(f"step {st.name!r} already finished with other settings ({_difference(old, new)})",
+                        f"record {path} (done marker {st.done})", expected)
+
+
+def _execute(st: Step, record_dir: Path | None = None) -> float:
     """Run one step as a subprocess; raise SystemExit naming the command when it fails."""
     for path, text in st.files.items():
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    write_record(record_dir, st)  # before it starts: a step killed half-way is redone under new settings
     where = f" (log: {st.log})" if st.log else ""
     print(f"[run ] {st.title}{where}\n       {st.shell()}", flush=True)
     t0 = time.time()
@@ -167,11 +234,17 @@ def _execute(st: Step) -> float:
     return dt
 
 
-def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0) -> dict[str, float]:
+def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0,
+        record_dir: Path | None = None) -> dict[str, float]:
     """Run ``steps``: finished ones (done marker present) are skipped, the rest start in plan order
     as soon as their needs are finished, at most ``jobs`` at once. Returns seconds per step run here.
-    On a failure no new step starts; the running ones finish, then SystemExit is raised."""
+    On a failure no new step starts; the running ones finish, then SystemExit is raised.
+    ``record_dir``: keep each step's settings there and refuse a done step run with other settings
+    (a UserError, before anything runs)."""
     check_plan(steps)
+    for st in steps:  # all refusals up front: nothing runs when one finished step does not match
+        if _is_done(st):
+            check_record(record_dir, st)
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     pending = list(steps)
@@ -184,6 +257,7 @@ def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0) -> dict[str,
         while (pending or held or running) and failure is None:
             for st in list(held):
                 if _is_done(st):
+                    check_record(record_dir, st)  # the other driver ran it with our settings
                     print(f"[done] {st.title}: finished by another driver", flush=True)
                     held.remove(st)
                     finished.add(st.name)
@@ -206,7 +280,7 @@ def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0) -> dict[str,
                     held.append(st)
                     continue
                 pending.remove(st)
-                running[pool.submit(_execute, st)] = st
+                running[pool.submit(_execute, st, record_dir)] = st
             if not running:
                 if held:
                     time.sleep(poll_s)
@@ -240,7 +314,7 @@ def run_and_report(name: str, steps: Sequence[Step], out: Path, info: Mapping[st
 
     write_json(out / "plan.json", dict(info))
     t0 = time.time()
-    timings = run(steps, jobs=jobs)
+    timings = run(steps, jobs=jobs, record_dir=out / ".steps")
     print("\n" + report(out, info))
     timings["total"] = time.time() - t0
     write_json(out / "timings.json", {k: round(v, 1) for k, v in timings.items()})

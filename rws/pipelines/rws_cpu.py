@@ -502,7 +502,9 @@ def main(argv: list[str] | None = None) -> None:
     stages = set(a.stages.split(","))
     unknown = stages - set(STAGES)
     if unknown:
-        raise SystemExit(f"unknown stage(s) {sorted(unknown)} in --stages; stages: {','.join(STAGES)}")
+        from rws.errors import UserError
+
+        raise UserError(f"unknown stage(s) {sorted(unknown)}", "option --stages", f"some of {','.join(STAGES)}")
     steps = select(plan(s, out), stages)
     if a.print_plan:
         for st in steps:
@@ -512,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     info = plan_info(s)
     (out / "plan.json").write_text(json.dumps(info, indent=2))
     t0 = time.time()
-    timings = run(steps, jobs=2)  # two cores: the CIFAR-10 and Tiny-ImageNet chains interleave
+    timings = run(steps, record_dir=out / ".steps", jobs=2)  # two cores: the CIFAR-10 and Tiny-ImageNet chains interleave
     if "report" in stages:
         t = time.time()
         report(out, s, info, a.wandb)
@@ -525,4 +527,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from rws.cli.entry import script_entry
+
+    script_entry(main)

@@ -101,9 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out).resolve()
     cifar = Path(a.cifar).resolve()
     s = Settings.smoke(cifar) if a.smoke else Settings(cifar, a.epochs, a.lr, a.sigset)
-    run(plan(s, out), jobs=2)
+    run(plan(s, out), record_dir=out / ".steps", jobs=2)
     print((out / "transfer_shared.md").read_text())
 
 
 if __name__ == "__main__":
-    main()
+    from rws.cli.entry import script_entry
+
+    script_entry(main)

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     s = Settings.smoke() if a.smoke else Settings(a.epochs, a.finetune_epochs, a.attack_steps, a.k_adv, a.k_shift)
     t0 = time.time()
     # 2 cores: the three fine-tunes keep them busy; the sweeps run one after the other (each needs all members).
-    run(plan(s, out), jobs=3)
+    run(plan(s, out), record_dir=out / ".steps", jobs=3)
     print(f"\nsoups_cpu finished in {time.time() - t0:.0f}s")
     for name in ("front", "simplex", "grid4"):
         best = out / name / "best.md"
@@ -123,4 +123,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from rws.cli.entry import script_entry
+
+    script_entry(main)
