@@ -9,12 +9,14 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rws.config import compose
+from rws.errors import UserError
 from rws.pipelines import quickstart, rws_cpu, rws_transfer, soups_cpu
 from rws.pipelines.runner import Step, check_plan, claim, lock_file, run, select
 
@@ -66,6 +68,57 @@ def test_run_failure_stops_dependents_and_names_the_step(tmp_path: Path) -> None
     with pytest.raises(SystemExit, match="the failing step.*exit code 7"):
         run(steps)
     assert not (tmp_path / "after").exists()
+
+
+def _counting_step(tmp_path: Path, arg: str) -> Step:
+    """A step that appends ``arg`` to runs.txt and leaves its own done file (as a training step)."""
+    runs, done = tmp_path / "runs.txt", tmp_path / "train" / "export" / "metrics.json"
+    code = (f"import pathlib, sys; pathlib.Path({str(runs)!r}).open('a').write(sys.argv[-1] + '\\n'); "
+            f"d = pathlib.Path({str(done)!r}); d.parent.mkdir(parents=True, exist_ok=True); d.write_text('{{}}')")
+    return Step("net/train", "train", ("-c", code, f"trainer.max_epochs={arg}"), done=done)
+
+
+def test_resume_skips_a_step_only_under_the_same_settings(tmp_path: Path) -> None:
+    records = tmp_path / ".steps"
+    assert set(run([_counting_step(tmp_path, "20")], record_dir=records)) == {"net/train"}
+    assert run([_counting_step(tmp_path, "20")], record_dir=records) == {}  # same settings: skipped
+    # other settings (a --smoke run into the same --out): refused before anything runs, naming the argument
+    with pytest.raises(UserError, match=r"'net/train' already finished with other settings "
+                                        r"\(argument 2: 'trainer.max_epochs=20' then, 'trainer.max_epochs=1' now\)"):
+        run([_counting_step(tmp_path, "1"), Step("later", "later", _touch(tmp_path / "later"))], record_dir=records)
+    assert (tmp_path / "runs.txt").read_text() == "trainer.max_epochs=20\n" and not (tmp_path / "later").exists()
+    # a spec file the step reads is part of its settings
+    spec = tmp_path / "specs" / "000.yaml"
+    ev = [Step("eval", "eval", _touch(tmp_path / "e"), done=tmp_path / ".done" / "eval", mark_done=True,
+               files={spec: "kind: export\n"})]
+    run(ev, record_dir=records)
+    with pytest.raises(UserError, match="its files differ"):
+        run([replace(ev[0], files={spec: "kind: soup\n"})], record_dir=records)
+
+
+def test_a_done_step_without_a_record_is_refused_and_a_killed_step_is_redone(tmp_path: Path) -> None:
+    records = tmp_path / ".steps"
+    step = _counting_step(tmp_path, "20")
+    step.done.parent.mkdir(parents=True)  # type: ignore[union-attr]
+    step.done.write_text("{}")  # type: ignore[union-attr]  # an output of an older rws: settings unknown
+    with pytest.raises(UserError, match="no record of the settings it ran with"):
+        run([step], record_dir=records)
+    step.done.unlink()  # type: ignore[union-attr]
+    # the record is written before the step starts: a step that died half-way under settings A ...
+    with pytest.raises(SystemExit):
+        run([replace(step, argv=("-c", "raise SystemExit(9)", "trainer.max_epochs=5"))], record_dir=records)
+    assert "max_epochs=5" in (records / "net_train.json").read_text()
+    # ... is simply run again under settings B (it was never done)
+    assert set(run([step], record_dir=records)) == {"net/train"}
+    assert run([step], record_dir=records) == {}
+
+
+def test_driver_user_errors_are_one_line_and_exit_2() -> None:
+    for argv in (["-m", "rws.pipelines.rws_composition", "--networks", "vgg,nope", "--print-plan"],
+                 ["-m", "rws.pipelines.rws_cpu", "--stages", "train,nope", "--print-plan"]):
+        r = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("error: unknown ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 
 def test_plan_checks() -> None:

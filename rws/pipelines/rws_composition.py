@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from rws.pipelines.runner import Step, lock_file, run_and_report
-from rws.pipelines.rws_cpu import _done, _eval_step, _experiment_data, _export, _merge_overrides, export_spec
+from rws.pipelines.rws_cpu import _eval_step, _experiment_data, _export, _merge_overrides, export_spec, train_step
 
 EXPERIMENT = "rws/cpu"
 # The paper's four (Fig. 8), and two corruptions that are not composed ("robustness on other types").
@@ -141,12 +141,9 @@ def plan(s: Settings, out: Path) -> list[Step]:
         producers: dict[Path, str] = {}
 
         def train(role: str, title: str, extra: list[str], needs: tuple[str, ...]) -> None:
-            run_dir = out / role
-            steps.append(Step(role, title, (
-                "-m", "rws.cli.train", f"experiment={EXPERIMENT}", f"model={model}", f"run_name={role.replace('/', '_')}",
-                f"hydra.run.dir={run_dir}", f"paths.output_dir={out}", "trainer.enable_progress_bar=false",
-                *s.data_overrides, *extra), done=_done(run_dir), needs=needs, lock=lock_file(run_dir), tag="train"))
-            producers[_export(run_dir)] = role
+            steps.append(train_step(out, role, title, (f"experiment={EXPERIMENT}", f"model={model}"),
+                                    (*s.data_overrides, *extra), needs))
+            producers[_export(out / role)] = role
 
         ft = [f"init={_export(out / net / 'init')}", f"trainer.max_epochs={s.ft_epochs}",
               *network.optim, f"method.optim.lr={network.ft_lr}"]

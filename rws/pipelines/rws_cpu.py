@@ -28,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import yaml
 
@@ -86,6 +86,16 @@ def _export(run_dir: Path) -> Path:
 
 def _done(run_dir: Path) -> Path:
     return run_dir / "export" / "metrics.json"
+
+
+def train_step(out: Path, role: str, title: str, lead: Sequence[str], overrides: Sequence[str],
+               needs: tuple[str, ...] = (), tag: str = "train") -> Step:
+    """``rws.cli.train`` into ``<out>/<role>`` (its export is the done marker, the run dir is locked):
+    ``lead`` (e.g. experiment=, model=) go first, then the run's own settings, then ``overrides``."""
+    run_dir = out / role
+    argv = ("-m", "rws.cli.train", *lead, f"run_name={role.replace('/', '_')}", f"hydra.run.dir={run_dir}",
+            f"paths.output_dir={out}", "trainer.enable_progress_bar=false", *overrides)
+    return Step(role, title, argv, done=_done(run_dir), needs=needs, lock=lock_file(run_dir), tag=tag)
 
 
 def _sig_dir(out: Path, label: str) -> Path:
@@ -314,12 +324,9 @@ def plan(s: Settings, out: Path) -> list[Step]:
 
     def train(role: str, title: str, experiment: str, extra: list[str], overrides: list[str],
               needs: tuple[str, ...], tag: str) -> None:
-        run_dir = out / role
-        argv = ("-m", "rws.cli.train", f"experiment={experiment}", f"run_name={role.replace('/', '_')}",
-                f"hydra.run.dir={run_dir}", f"paths.output_dir={out}", "trainer.enable_progress_bar=false",
-                *overrides, *extra, *s.logger)
-        steps.append(Step(role, title, argv, done=_done(run_dir), needs=needs, lock=lock_file(run_dir), tag=tag))
-        producers[_export(run_dir)] = role
+        steps.append(train_step(out, role, title, (f"experiment={experiment}",), (*overrides, *extra, *s.logger),
+                                needs, tag))
+        producers[_export(out / role)] = role
 
     def extract(label: str, title: str, init: str, std: str, robust: dict[str, str], k: int, bits: int) -> None:
         d = _sig_dir(out, label)

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from rws.pipelines.runner import Step, lock_file, run_and_report
-from rws.pipelines.rws_cpu import _done, _export, _marker_name, export_spec
+from rws.pipelines.rws_cpu import _export, _marker_name, export_spec, train_step
 
 CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "contrast")
 HALVES = {"A": list(range(5)), "B": list(range(5, 10))}
@@ -98,11 +98,7 @@ def plan(s: Settings, out: Path) -> list[Step]:
     steps: list[Step] = []
 
     def train(role: str, title: str, argv: list[str], needs: tuple[str, ...]) -> None:
-        run_dir = out / role
-        steps.append(Step(role, title, (
-            "-m", "rws.cli.train", f"model={s.model}", f"run_name={role.replace('/', '_')}", f"hydra.run.dir={run_dir}",
-            f"paths.output_dir={out}", "trainer.enable_progress_bar=false", *argv),
-            done=_done(run_dir), needs=needs, lock=lock_file(run_dir), tag="train"))
+        steps.append(train_step(out, role, title, (f"model={s.model}",), argv, needs))
 
     if s.pretrain not in PRETRAIN:
         raise ValueError(f"--pretrain {s.pretrain!r} is not one of {sorted(PRETRAIN)}")

@@ -12,8 +12,6 @@ Files: composition.md, composition.json, figures/composition.png (gain over θ_s
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -173,12 +171,12 @@ def write_report(out: Path, info: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="outputs/rws_composition", help="the rws_composition output directory")
-    a = p.parse_args(argv)
-    out = Path(a.out)
-    print(write_report(out, json.loads((out / "plan.json").read_text())))
+    from rws.report.study_cli import report_main
+
+    report_main(argv, __doc__, "outputs/rws_composition", write_report)
 
 
 if __name__ == "__main__":
-    main()
+    from rws.cli.entry import script_entry
+
+    script_entry(main)

@@ -12,7 +12,6 @@ different corruptions. Files: transfer_halves.md, transfer_halves.json, figures/
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -169,12 +168,12 @@ def write_report(out: Path, info: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="outputs/rws_transfer_halves", help="the rws_transfer_halves output directory")
-    a = p.parse_args(argv)
-    out = Path(a.out)
-    print(write_report(out, json.loads((out / "plan.json").read_text())))
+    from rws.report.study_cli import report_main
+
+    report_main(argv, __doc__, "outputs/rws_transfer_halves", write_report)
 
 
 if __name__ == "__main__":
-    main()
+    from rws.cli.entry import script_entry
+
+    script_entry(main)

@@ -1,0 +1,136 @@
+"""RWS on a ResNet under our BN policy and the official code's: do they patch robustness equally?
+
+    python -m rws.pipelines.rws_bn_policy [--out outputs/rws_bn_policy] [--smoke] [--print-plan]
+
+The official code treats a ResNet's BatchNorm differently from ours (docs/signatures.md "Difference
+from the official code"): it leaves every ``bn``/``downsample`` tensor out of the signature, sets them
+to the robust model's values and re-estimates every BN layer's statistics on corrupted training
+data (``bn_policy=official``); ours projects the kept layers' γ/β like weights and mixes their
+robust statistics (``robust``, the default) or re-estimates only the kept layers (``recalibrate``).
+This driver measures the three on one network:
+
+  network  ``resnet18_cifar`` at width 1/4 (16..128 channels, BN), experiment rws/cpu's data (1,000
+           train images per class, 2,000 test images) and SGD recipe
+  1. θ_init from scratch; 2. θ_std and θ_c (severity 5) for ``CORRUPTIONS``, fine-tuned from θ_init
+  3. shallow signatures (k = 5 layer groups, 32 bit) extracted twice: ``sigs/robust``
+     (``bn_policy=robust``, also patched with ``recalibrate``) and ``sigs/official``
+  4. evaluate θ_std, each θ_c, and θ_std + RWS_c at α = 1 under each policy (the re-estimating
+     policies on ``CALIB_BATCHES`` un-augmented severity-5 training batches of c), on clean data and
+     the corruptions at severity 5
+Then ``rws.report.bn_policy_tables`` writes bn_policy.md / bn_policy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rws.pipelines.runner import Step, lock_file, run_and_report
+from rws.pipelines.rws_cpu import (CALIB_SEED, _eval_step, _experiment_data, _export, _merge_overrides,
+                                   export_spec, train_step)
+
+EXPERIMENT = "rws/cpu"
+MODEL = ("model=resnet18_cifar", "model.width=0.25")
+CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "contrast")
+POLICIES = ("robust", "recalibrate", "official")
+SEVERITY = 5
+CALIB_BATCHES = 10
+
+
+@dataclass
+class Settings:
+    init_epochs: int = 15
+    ft_epochs: int = 3
+    ft_lr: float = 0.02
+    layers_k: int = 5
+    calib_batches: int = CALIB_BATCHES
+    data_overrides: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def smoke() -> "Settings":
+        return Settings(init_epochs=1, ft_epochs=1, calib_batches=2, data_overrides=[
+            "data.subset_per_class=20", "data.val_size=20", "data.test_subset=100", "data.batch_size=50"])
+
+
+def sig_dir(out: Path, policy: str) -> Path:
+    """Signatures extracted for ``policy`` (``recalibrate`` patches the ``robust`` extraction)."""
+    return out / "sigs" / ("official" if policy == "official" else "robust")
+
+
+def patched_spec(out: Path, c: str, policy: str, s: Settings) -> dict[str, Any]:
+    spec: dict[str, Any] = {"kind": "patch", "base": export_spec(out, "std"), "name": f"std+{c}|bn={policy}",
+                            "bn_policy": policy,
+                            "signatures": [{"path": str(sig_dir(out, policy) / f"{c}.safetensors"), "alpha": 1.0}]}
+    if policy != "robust":
+        spec["calibration"] = {"corruption": c, "severity": SEVERITY, "batches": s.calib_batches,
+                               "seed": CALIB_SEED, "split": "train"}
+    return spec
+
+
+def row_specs(out: Path, s: Settings) -> list[tuple[str, dict[str, Any]]]:
+    """(table label, spec) of every evaluated model, in table order."""
+    rows: list[tuple[str, dict[str, Any]]] = [("θ_std (unpatched)", export_spec(out, "std"))]
+    for c in CORRUPTIONS:
+        rows.append((f"θ_{c} (dedicated)", export_spec(out, f"robust/{c}")))
+        rows += [(f"θ_std + RWS_{c}, bn_policy={p}", patched_spec(out, c, p, s)) for p in POLICIES]
+    return rows
+
+
+def plan_info(s: Settings, out: Path) -> dict[str, Any]:
+    return {"corruptions": list(CORRUPTIONS), "policies": list(POLICIES), "severity": SEVERITY,
+            "model": " ".join(MODEL), "calib_batches": s.calib_batches,
+            "rows": [[label, sp["name"]] for label, sp in row_specs(out, s)]}
+
+
+def plan(s: Settings, out: Path) -> list[Step]:
+    lead = (f"experiment={EXPERIMENT}", *MODEL)
+    ft = [f"init={_export(out / 'init')}", f"trainer.max_epochs={s.ft_epochs}", f"method.optim.lr={s.ft_lr}"]
+    steps = [train_step(out, "init", "1 θ_init from scratch", lead,
+                        (*s.data_overrides, f"trainer.max_epochs={s.init_epochs}")),
+             train_step(out, "std", "2 θ_std", lead, (*s.data_overrides, *ft), ("init",))]
+    steps += [train_step(out, f"robust/{c}", f"2 θ_{c} (severity {SEVERITY})", lead,
+                         (*s.data_overrides, *ft, "method=corruption", f"method.corruptions={c}",
+                          f"method.severity={SEVERITY}"), ("init",)) for c in CORRUPTIONS]
+    producers: dict[Path, str] = {_export(out / st.name): st.name for st in steps}
+    robust_arg = "{" + ", ".join(f"{c}: {_export(out / 'robust' / c)}" for c in CORRUPTIONS) + "}"
+    for policy in ("robust", "official"):
+        d = sig_dir(out, policy)
+        name = d.relative_to(out).as_posix()
+        steps.append(Step(name, f"3 signatures, bn_policy={policy} (k={s.layers_k})", (
+            "-m", "rws.stages.extract", f"init={_export(out / 'init')}", f"std={_export(out / 'std')}",
+            f"robust={robust_arg}", f"out={d}", f"layers.k={s.layers_k}", "bits=32", f"bn_policy={policy}",
+            "analysis=false", f"paths.output_dir={out}", f"hydra.run.dir={d}/hydra"),
+            done=d / f"{CORRUPTIONS[-1]}.safetensors", needs=tuple(producers.values()), lock=lock_file(d),
+            tag="extract"))
+        producers[d] = name
+    data = _merge_overrides(_experiment_data(EXPERIMENT), s.data_overrides)
+    suites = ["clean", {"name": "corruptions", "corruptions": list(CORRUPTIONS), "severities": [SEVERITY]}]
+    steps.append(_eval_step(out, out / "eval", ("bn_policy", [sp for _, sp in row_specs(out, s)], suites),
+                            data, producers))
+    return steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="outputs/rws_bn_policy")
+    p.add_argument("--smoke", action="store_true", help="1 epoch, 20 images/class, 100 test images")
+    p.add_argument("--print-plan", action="store_true", help="print every step as a shell command and exit")
+    a = p.parse_args(argv)
+    s = Settings.smoke() if a.smoke else Settings()
+    out = Path(a.out).resolve()
+    steps = plan(s, out)
+    if a.print_plan:
+        for st in steps:
+            print(f"# {st.title}\n{st.shell()}")
+        return
+    from rws.report.bn_policy_tables import write_report
+
+    run_and_report("rws_bn_policy", steps, out, plan_info(s, out), write_report)
+
+
+if __name__ == "__main__":
+    from rws.cli.entry import script_entry
+
+    script_entry(main)
