@@ -289,3 +289,36 @@ def test_rws_transfer_smoke(rws_cpu_smoke: tuple[Path, str], tmp_path: Path, sha
     assert all(_is_rate(r["value"]) and r["n"] == s.test_subset for r in rows if r["metric"] == "acc")
     table = (out / "transfer_shared.md").read_text()
     assert table in stdout and all(m in table for m in models)
+
+
+def test_rws_bn_policy_smoke(tmp_path: Path, shared_data_dir: Path) -> None:
+    """The BN-policy study end to end; a re-run skips every step, and a full run into the smoke run's
+    --out is refused (its finished steps ran with other settings) before anything runs."""
+    from rws.pipelines import rws_bn_policy as bp
+
+    out = tmp_path / "bn_policy"
+    stdout = _pipeline("rws_bn_policy", "--smoke", "--out", str(out), data=shared_data_dir)
+    _exports(out, "init", "std", *[f"robust/{c}" for c in bp.CORRUPTIONS])
+    for policy in ("robust", "official"):
+        assert all((out / "sigs" / policy / f"{c}.safetensors").is_file() for c in bp.CORRUPTIONS)
+    rows = [r for r in _rows(out / "eval") if r["metric"] == "acc"]
+    info = json.loads((out / "plan.json").read_text())
+    models = [name for _, name in info["rows"]]
+    assert len(models) == 1 + len(bp.CORRUPTIONS) * (1 + len(bp.POLICIES)) == len({r["model"] for r in rows})
+    for m in models:  # clean + each corruption at severity 5, on the smoke run's 100 test images
+        assert sorted(r["condition"] for r in rows if r["model"] == m) == sorted(["clean", *bp.CORRUPTIONS]), m
+    assert all(_is_rate(r["value"]) and r["n"] == 100 for r in rows)
+    summary = json.loads((out / "bn_policy.json").read_text())["summary"]
+    acc = {(r["model"], r["condition"]): 100 * r["value"] for r in rows}
+    official = next(s for s in summary if s["policy"] == "bn_policy=official")
+    for c in bp.CORRUPTIONS:  # the summary is the rows' difference
+        assert official[c] == pytest.approx(acc[(f"std+{c}|bn=official", c)] - acc[("std", c)])
+    assert (out / "bn_policy.md").read_text() in stdout
+    env = {**os.environ, "RWS_DATA": str(shared_data_dir), "OMP_NUM_THREADS": "1"}
+    again = subprocess.run([sys.executable, "-m", "rws.pipelines.rws_bn_policy", "--smoke", "--out", str(out)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "[run ]" not in again.stdout, again.stdout[-2000:]
+    full = subprocess.run([sys.executable, "-m", "rws.pipelines.rws_bn_policy", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 2 and "[run ]" not in full.stdout
+    assert full.stderr.startswith("error: step 'init' already finished with other settings"), full.stderr

@@ -25,6 +25,7 @@ CIFAR-10 and the Tiny-ImageNet models of rws_cpu) interleave on the free cores.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -319,3 +320,22 @@ def run_and_report(name: str, steps: Sequence[Step], out: Path, info: Mapping[st
     timings["total"] = time.time() - t0
     write_json(out / "timings.json", {k: round(v, 1) for k, v in timings.items()})
     print(f"\n{name} finished in {time.time() - t0:.0f}s; everything in {out}")
+
+
+def study_parser(doc: str | None, default_out: str) -> argparse.ArgumentParser:
+    """The options every study driver has: --out, --smoke, --print-plan (add its own after)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=default_out)
+    p.add_argument("--smoke", action="store_true", help="1 epoch, a few images per class: checks the chain runs")
+    p.add_argument("--print-plan", action="store_true", help="print every step as a shell command and exit")
+    return p
+
+
+def print_or_run(name: str, steps: Sequence[Step], out: Path, info: Mapping[str, Any],
+                 report: Callable[[Path, Mapping[str, Any]], str], print_plan: bool) -> None:
+    """``--print-plan``: every step as a pasteable shell line; otherwise ``run_and_report``."""
+    if print_plan:
+        for st in steps:
+            print(f"# {st.title}\n{st.shell()}")
+        return
+    run_and_report(name, steps, out, info, report)

@@ -22,12 +22,11 @@ Then ``rws.report.bn_policy_tables`` writes bn_policy.md / bn_policy.json.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rws.pipelines.runner import Step, lock_file, run_and_report
+from rws.pipelines.runner import Step, lock_file, print_or_run, study_parser
 from rws.pipelines.rws_cpu import (CALIB_SEED, _eval_step, _experiment_data, _export, _merge_overrides,
                                    export_spec, train_step)
 
@@ -113,21 +112,12 @@ def plan(s: Settings, out: Path) -> list[Step]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="outputs/rws_bn_policy")
-    p.add_argument("--smoke", action="store_true", help="1 epoch, 20 images/class, 100 test images")
-    p.add_argument("--print-plan", action="store_true", help="print every step as a shell command and exit")
-    a = p.parse_args(argv)
+    a = study_parser(__doc__, "outputs/rws_bn_policy").parse_args(argv)
     s = Settings.smoke() if a.smoke else Settings()
     out = Path(a.out).resolve()
-    steps = plan(s, out)
-    if a.print_plan:
-        for st in steps:
-            print(f"# {st.title}\n{st.shell()}")
-        return
     from rws.report.bn_policy_tables import write_report
 
-    run_and_report("rws_bn_policy", steps, out, plan_info(s, out), write_report)
+    print_or_run("rws_bn_policy", plan(s, out), out, plan_info(s, out), write_report, a.print_plan)
 
 
 if __name__ == "__main__":

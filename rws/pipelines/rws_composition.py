@@ -38,12 +38,11 @@ of n composed signatures by α/n and applies that factor twice, so its default (
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rws.pipelines.runner import Step, lock_file, run_and_report
+from rws.pipelines.runner import Step, lock_file, print_or_run, study_parser
 from rws.pipelines.rws_cpu import _eval_step, _experiment_data, _export, _merge_overrides, export_spec, train_step
 
 EXPERIMENT = "rws/cpu"
@@ -170,11 +169,8 @@ def plan(s: Settings, out: Path) -> list[Step]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="outputs/rws_composition")
-    p.add_argument("--smoke", action="store_true", help="1 epoch, 20 images/class, 100 test images")
+    p = study_parser(__doc__, "outputs/rws_composition")
     p.add_argument("--networks", default=",".join(Settings().networks), help=f"some of {','.join(NETWORKS)}")
-    p.add_argument("--print-plan", action="store_true", help="print every step as a shell command and exit")
     a = p.parse_args(argv)
     nets = [n for n in a.networks.split(",") if n]
     unknown = sorted(set(nets) - set(NETWORKS))
@@ -184,14 +180,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"unknown network(s) {unknown}", "option --networks", f"some of {list(NETWORKS)}")
     s = replace(Settings.smoke() if a.smoke else Settings(), networks=nets)
     out = Path(a.out).resolve()
-    steps = plan(s, out)
-    if a.print_plan:
-        for st in steps:
-            print(f"# {st.title}\n{st.shell()}")
-        return
     from rws.report.composition_tables import write_report
 
-    run_and_report("rws_composition", steps, out, plan_info(s, out), write_report)
+    print_or_run("rws_composition", plan(s, out), out, plan_info(s, out), write_report, a.print_plan)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,13 @@ of the source half, which is also what is measured. ``--model`` runs another (e.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rws.pipelines.runner import Step, lock_file, run_and_report
+from rws.pipelines.runner import Step, lock_file, print_or_run, study_parser
 from rws.pipelines.rws_cpu import _export, _marker_name, export_spec, train_step
 
 CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "contrast")
@@ -148,23 +147,15 @@ def plan_info(s: Settings, out: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="outputs/rws_transfer_halves")
-    p.add_argument("--smoke", action="store_true", help="1 epoch, a few images per class")
+    p = study_parser(__doc__, "outputs/rws_transfer_halves")
     p.add_argument("--model", default=Settings.model, help="a model config (rws/conf/model)")
     p.add_argument("--pretrain", default=Settings.pretrain, choices=sorted(PRETRAIN), help="θ_pre's data")
-    p.add_argument("--print-plan", action="store_true", help="print every step as a shell command and exit")
     a = p.parse_args(argv)
     s = replace(Settings.smoke() if a.smoke else Settings(), model=a.model, pretrain=a.pretrain)
     out = Path(a.out).resolve()
-    steps = plan(s, out)
-    if a.print_plan:
-        for st in steps:
-            print(f"# {st.title}\n{st.shell()}")
-        return
     from rws.report.transfer_halves import write_report
 
-    run_and_report("rws_transfer_halves", steps, out, plan_info(s, out), write_report)
+    print_or_run("rws_transfer_halves", plan(s, out), out, plan_info(s, out), write_report, a.print_plan)
 
 
 if __name__ == "__main__":
