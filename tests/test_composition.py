@@ -117,6 +117,13 @@ def test_table_and_verdict_from_hand_made_rows(tmp_path: Path) -> None:
     recs1 = ct.network_table(acc1, rows[:1] + singles + rows[1:2], composed, others)
     v1 = ct.verdict(recs1, {k: list(c) for k, c in rc.COEFFICIENT_SETS.items()}, composed)
     assert v1["holds"] is None and v1["single_gain"] == pytest.approx(0.5)
+    # composing adds up when a Σα ≤ 1 set beats the best single signature on the composed mean
+    best_one = {f"one_{c}": {**std, c: 40.0} for c in composed}  # each +10 on its own: composed mean 32.5
+    recs2 = ct.network_table({**acc, **best_one}, rows[:1] + singles + rows[1:], composed, others)
+    b = ct.verdict(recs2, {k: list(c) for k, c in rc.COEFFICIENT_SETS.items()}, composed)["beyond_singles"]
+    assert b["best_single_composed_mean"] == pytest.approx(32.5)
+    assert b["compositions"] == [{"row": "uniform (Σα = 1)", "composed mean": 34.0, "over best single": 1.5}]
+    assert ct.verdict(recs, {k: list(c) for k, c in rc.COEFFICIENT_SETS.items()})["beyond_singles"] is None
     # a θ_std at chance (CIFAR-10: 12 % < 2 × 10 %) gets no verdict, whatever the patched rows do
     low = {"std": {**std, "clean": 12.0}, "u": {**uniform, "clean": 11.5}}
     recs_low = ct.network_table(ct.accuracy_by_model(_rows(low)), rows[:2], composed, others)
