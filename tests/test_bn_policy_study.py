@@ -34,17 +34,19 @@ def test_plan_composes_and_rows_use_each_policy(tmp_path: Path) -> None:
     assert set(steps["eval/bn_policy"].needs) == {"std", *[f"robust/{c}" for c in bp.CORRUPTIONS],
                                                   "sigs/robust", "sigs/official"}
     specs = [yaml.safe_load(t) for t in steps["eval/bn_policy"].files.values()]
-    assert len(specs) == 1 + len(bp.CORRUPTIONS) * (1 + len(bp.POLICIES))
+    assert s.calib_batches == (10, 79)  # rws_cpu's 10, and one pass over the 10,000 training images
+    assert len(specs) == 1 + len(bp.CORRUPTIONS) * (1 + 1 + 2 * len(s.calib_batches))
     by_name = {sp["name"]: sp for sp in specs}
-    fog = {p: by_name[f"std+fog|bn={p}"] for p in bp.POLICIES}
-    assert fog["robust"]["signatures"][0]["path"].endswith("sigs/robust/fog.safetensors")
-    assert fog["recalibrate"]["signatures"][0]["path"].endswith("sigs/robust/fog.safetensors")
-    assert fog["official"]["signatures"][0]["path"].endswith("sigs/official/fog.safetensors")
-    assert "calibration" not in fog["robust"]
-    for p in ("recalibrate", "official"):
-        assert fog[p]["calibration"] == {"corruption": "fog", "severity": 5, "batches": bp.CALIB_BATCHES,
-                                         "seed": bp.CALIB_SEED, "split": "train"}
-        assert fog[p]["bn_policy"] == p
+    robust = by_name["std+fog|bn=robust"]
+    assert robust["signatures"][0]["path"].endswith("sigs/robust/fog.safetensors") and "calibration" not in robust
+    for n in s.calib_batches:
+        recal, official = by_name[f"std+fog|bn=recalibrate|calib={n}"], by_name[f"std+fog|bn=official|calib={n}"]
+        assert recal["signatures"][0]["path"].endswith("sigs/robust/fog.safetensors")
+        assert official["signatures"][0]["path"].endswith("sigs/official/fog.safetensors")
+        for sp, policy in ((recal, "recalibrate"), (official, "official")):
+            assert sp["bn_policy"] == policy
+            assert sp["calibration"] == {"corruption": "fog", "severity": 5, "batches": n, "seed": bp.CALIB_SEED,
+                                         "split": "train"}
 
 
 def _rows(acc: dict[str, dict[str, float]]) -> list[dict]:
@@ -56,10 +58,11 @@ def test_report_from_hand_made_rows(tmp_path: Path) -> None:
     corrs = list(bp.CORRUPTIONS)
     acc = {"std": {"clean": 60.0, **{c: 30.0 for c in corrs}}}
     for i, c in enumerate(corrs):
-        acc[f"robust/{c}"] = {"clean": 50.0, c: 50.0}                         # dedicated: +20 on c
-        acc[f"std+{c}|bn=robust"] = {"clean": 58.0, c: 40.0}                   # +10, clean −2
-        acc[f"std+{c}|bn=recalibrate"] = {"clean": 56.0, c: 30.0 + 4.0 * i}    # +0, +4, +8, +12
-        acc[f"std+{c}|bn=official"] = {"clean": 61.0, c: 25.0}                 # −5, clean +1
+        acc[f"robust/{c}"] = {"clean": 50.0, c: 50.0}                                  # dedicated: +20 on c
+        acc[f"std+{c}|bn=robust"] = {"clean": 58.0, c: 40.0}                            # +10, clean −2
+        for n in (10, 79):
+            acc[f"std+{c}|bn=recalibrate|calib={n}"] = {"clean": 56.0, c: 30.0 + 4.0 * i}   # +0, +4, +8, +12
+            acc[f"std+{c}|bn=official|calib={n}"] = {"clean": 61.0, c: 25.0 + (n == 79)}  # −5 / −4, clean +1
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(acc)))
     info = bp.plan_info(bp.Settings(), tmp_path)
@@ -69,8 +72,10 @@ def test_report_from_hand_made_rows(tmp_path: Path) -> None:
     assert summary["bn_policy=robust"]["mean gain"] == pytest.approx(10.0)
     assert summary["bn_policy=robust"]["share of dedicated gain"] == pytest.approx(0.5)
     assert summary["bn_policy=robust"]["clean change"] == pytest.approx(-2.0)
-    assert [summary["bn_policy=recalibrate"][c] for c in corrs] == pytest.approx([0.0, 4.0, 8.0, 12.0])
-    assert summary["bn_policy=official"]["mean gain"] == pytest.approx(-5.0)
+    assert [summary["bn_policy=recalibrate, 10 batches"][c] for c in corrs] == pytest.approx([0.0, 4.0, 8.0, 12.0])
+    assert summary["bn_policy=official, 10 batches"]["mean gain"] == pytest.approx(-5.0)
+    assert summary["bn_policy=official, 79 batches"]["mean gain"] == pytest.approx(-4.0)
+    assert summary["bn_policy=official, 79 batches"]["clean change"] == pytest.approx(1.0)
     assert summary["dedicated θ_c"]["mean gain"] == pytest.approx(20.0)
     assert "| bn_policy=robust | +10.0 | +10.0 | +10.0 | +10.0 | +10.0 | 50 % | -2.0 |" in md
     assert "| θ_std (unpatched) | 60.0 | 30.0 | 30.0 | 30.0 | 30.0 |" in md

@@ -304,15 +304,17 @@ def test_rws_bn_policy_smoke(tmp_path: Path, shared_data_dir: Path) -> None:
     rows = [r for r in _rows(out / "eval") if r["metric"] == "acc"]
     info = json.loads((out / "plan.json").read_text())
     models = [name for _, name in info["rows"]]
-    assert len(models) == 1 + len(bp.CORRUPTIONS) * (1 + len(bp.POLICIES)) == len({r["model"] for r in rows})
+    s = bp.Settings.smoke()
+    assert len(models) == 1 + len(bp.CORRUPTIONS) * (1 + len(bp.variants(s))) == len({r["model"] for r in rows})
     for m in models:  # clean + each corruption at severity 5, on the smoke run's 100 test images
         assert sorted(r["condition"] for r in rows if r["model"] == m) == sorted(["clean", *bp.CORRUPTIONS]), m
     assert all(_is_rate(r["value"]) and r["n"] == 100 for r in rows)
     summary = json.loads((out / "bn_policy.json").read_text())["summary"]
     acc = {(r["model"], r["condition"]): 100 * r["value"] for r in rows}
-    official = next(s for s in summary if s["policy"] == "bn_policy=official")
+    n = s.calib_batches[0]
+    official = next(r for r in summary if r["policy"] == f"bn_policy=official, {n} batches")
     for c in bp.CORRUPTIONS:  # the summary is the rows' difference
-        assert official[c] == pytest.approx(acc[(f"std+{c}|bn=official", c)] - acc[("std", c)])
+        assert official[c] == pytest.approx(acc[(f"std+{c}|bn=official|calib={n}", c)] - acc[("std", c)])
     assert (out / "bn_policy.md").read_text() in stdout
     env = {**os.environ, "RWS_DATA": str(shared_data_dir), "OMP_NUM_THREADS": "1"}
     again = subprocess.run([sys.executable, "-m", "rws.pipelines.rws_bn_policy", "--smoke", "--out", str(out)],

@@ -14,9 +14,11 @@ This driver measures the three on one network:
   1. θ_init from scratch; 2. θ_std and θ_c (severity 5) for ``CORRUPTIONS``, fine-tuned from θ_init
   3. shallow signatures (k = 5 layer groups, 32 bit) extracted twice: ``sigs/robust``
      (``bn_policy=robust``, also patched with ``recalibrate``) and ``sigs/official``
-  4. evaluate θ_std, each θ_c, and θ_std + RWS_c at α = 1 under each policy (the re-estimating
-     policies on ``CALIB_BATCHES`` un-augmented severity-5 training batches of c), on clean data and
-     the corruptions at severity 5
+  4. evaluate θ_std, each θ_c, and θ_std + RWS_c at α = 1 under each policy, the re-estimating ones
+     (recalibrate, official) on each of ``Settings.calib_batches`` un-augmented severity-5 training
+     batches of c: 10 (rws_cpu's setting) and 79, one pass over the 10,000 training images (the
+     official code re-estimates on one epoch of its training set), on clean data and the corruptions
+     at severity 5
 Then ``rws.report.bn_policy_tables`` writes bn_policy.md / bn_policy.json.
 """
 
@@ -35,7 +37,6 @@ MODEL = ("model=resnet18_cifar", "model.width=0.25")
 CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "contrast")
 POLICIES = ("robust", "recalibrate", "official")
 SEVERITY = 5
-CALIB_BATCHES = 10
 
 
 @dataclass
@@ -44,12 +45,12 @@ class Settings:
     ft_epochs: int = 3
     ft_lr: float = 0.02
     layers_k: int = 5
-    calib_batches: int = CALIB_BATCHES
+    calib_batches: tuple[int, ...] = (10, 79)  # 79 batches of 128: one pass over the 10,000 train images
     data_overrides: list[str] = field(default_factory=list)
 
     @staticmethod
     def smoke() -> "Settings":
-        return Settings(init_epochs=1, ft_epochs=1, calib_batches=2, data_overrides=[
+        return Settings(init_epochs=1, ft_epochs=1, calib_batches=(2,), data_overrides=[
             "data.subset_per_class=20", "data.val_size=20", "data.test_subset=100", "data.batch_size=50"])
 
 
@@ -58,12 +59,23 @@ def sig_dir(out: Path, policy: str) -> Path:
     return out / "sigs" / ("official" if policy == "official" else "robust")
 
 
-def patched_spec(out: Path, c: str, policy: str, s: Settings) -> dict[str, Any]:
-    spec: dict[str, Any] = {"kind": "patch", "base": export_spec(out, "std"), "name": f"std+{c}|bn={policy}",
+def variants(s: Settings) -> list[tuple[str, str, int | None]]:
+    """(label, bn_policy, calibration batches or None) of the patched rows, in table order."""
+    return [("bn_policy=robust", "robust", None)] + [
+        (f"bn_policy={p}, {n} batches", p, n) for n in s.calib_batches for p in POLICIES if p != "robust"]
+
+
+def model_name(c: str, policy: str, batches: int | None) -> str:
+    """The results' model name of θ_std + RWS_c under ``policy`` (the report looks rows up by it)."""
+    return f"std+{c}|bn={policy}" + (f"|calib={batches}" if batches else "")
+
+
+def patched_spec(out: Path, c: str, policy: str, batches: int | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"kind": "patch", "base": export_spec(out, "std"), "name": model_name(c, policy, batches),
                             "bn_policy": policy,
                             "signatures": [{"path": str(sig_dir(out, policy) / f"{c}.safetensors"), "alpha": 1.0}]}
-    if policy != "robust":
-        spec["calibration"] = {"corruption": c, "severity": SEVERITY, "batches": s.calib_batches,
+    if batches:
+        spec["calibration"] = {"corruption": c, "severity": SEVERITY, "batches": batches,
                                "seed": CALIB_SEED, "split": "train"}
     return spec
 
@@ -73,13 +85,13 @@ def row_specs(out: Path, s: Settings) -> list[tuple[str, dict[str, Any]]]:
     rows: list[tuple[str, dict[str, Any]]] = [("θ_std (unpatched)", export_spec(out, "std"))]
     for c in CORRUPTIONS:
         rows.append((f"θ_{c} (dedicated)", export_spec(out, f"robust/{c}")))
-        rows += [(f"θ_std + RWS_{c}, bn_policy={p}", patched_spec(out, c, p, s)) for p in POLICIES]
+        rows += [(f"θ_std + RWS_{c}, {label}", patched_spec(out, c, p, n)) for label, p, n in variants(s)]
     return rows
 
 
 def plan_info(s: Settings, out: Path) -> dict[str, Any]:
-    return {"corruptions": list(CORRUPTIONS), "policies": list(POLICIES), "severity": SEVERITY,
-            "model": " ".join(MODEL), "calib_batches": s.calib_batches,
+    return {"corruptions": list(CORRUPTIONS), "severity": SEVERITY, "model": " ".join(MODEL),
+            "variants": [[label, p, n] for label, p, n in variants(s)],
             "rows": [[label, sp["name"]] for label, sp in row_specs(out, s)]}
 
 

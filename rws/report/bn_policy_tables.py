@@ -32,10 +32,13 @@ def model_table(acc: Mapping[str, Mapping[str, float]], rows: list[list[str]], c
             for label, model in rows]
 
 
-def policy_summary(acc: Mapping[str, Mapping[str, float]], corruptions: list[str], policies: list[str]) -> list[dict[str, Any]]:
-    """Per policy: gain on the patched corruption over θ_std (each c, mean), recovered share of the
-    dedicated model's gain (mean of the per-corruption gains over the mean dedicated gain) and the mean
-    clean change. The dedicated models are the last row."""
+def policy_summary(acc: Mapping[str, Mapping[str, float]], corruptions: list[str],
+                   variants: list[list[Any]]) -> list[dict[str, Any]]:
+    """Per variant ([label, bn_policy, calibration batches]): gain on the patched corruption over θ_std
+    (each c, mean), recovered share of the dedicated model's gain (mean gain over the mean dedicated
+    gain) and the mean clean change. The dedicated models are the last row."""
+    from rws.pipelines.rws_bn_policy import model_name
+
     std = acc.get("std", {})
 
     def gain(model: str, c: str) -> float | None:
@@ -48,7 +51,7 @@ def policy_summary(acc: Mapping[str, Mapping[str, float]], corruptions: list[str
 
     dedicated_gains = [gain(f"robust/{c}", c) for c in corruptions]
     out = []
-    for label, model_of in [*[(f"bn_policy={p}", lambda c, p=p: f"std+{c}|bn={p}") for p in policies],
+    for label, model_of in [*[(label, lambda c, p=p, n=n: model_name(c, p, n)) for label, p, n in variants],
                             ("dedicated θ_c", lambda c: f"robust/{c}")]:
         gains = [gain(model_of(c), c) for c in corruptions]
         mean_gain, mean_dedicated = _mean(gains), _mean(dedicated_gains)
@@ -67,8 +70,8 @@ def to_markdown(models: list[dict[str, Any]], summary: list[dict[str, Any]], cor
     lines += [f"| {r['row']} | " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in models]
     scols = [*corruptions, "mean gain"]
     lines += ["", "Gain on the patched corruption over θ_std (points), α = 1; clean change: mean over the "
-              "four patched models (re-estimating policies: "
-              f"{info['calib_batches']} calibration batches).", "",
+              "four patched models (the re-estimating policies on severity-5 training batches of 128 of the "
+              "patched corruption).", "",
               "| | " + " | ".join(scols) + " | share of dedicated gain | clean change |",
               "|---|" + "---:|" * (len(scols) + 2)]
     for r in summary:
@@ -79,11 +82,11 @@ def to_markdown(models: list[dict[str, Any]], summary: list[dict[str, Any]], cor
 
 
 def write_report(out: Path, info: Mapping[str, Any]) -> str:
-    corruptions, policies = list(info["corruptions"]), list(info["policies"])
+    corruptions, variants = list(info["corruptions"]), list(info["variants"])
     res = out / "eval"
     acc = accuracy_by_model(read_results(res) if (res / "results.jsonl").exists() else [])
     models = model_table(acc, info["rows"], corruptions)
-    summary = policy_summary(acc, corruptions, policies)
+    summary = policy_summary(acc, corruptions, variants)
     md = to_markdown(models, summary, corruptions, info)
     write_text(out / "bn_policy.md", md)
     write_json(out / "bn_policy.json", {"models": models, "summary": summary, "plan": dict(info)})
