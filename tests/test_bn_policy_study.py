@@ -91,3 +91,21 @@ def test_report_cli_without_a_plan_is_a_one_line_error(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "rws.report.bn_policy_tables", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: no plan.json in ") and "Traceback" not in r.stderr
+
+
+def test_report_finds_cells_resumed_under_another_name(tmp_path: Path) -> None:
+    """A spec's name is not part of its id: cells measured when the recipe had another name are
+    resumed and keep that name. The report looks rows up by the plan's spec ids, so it still finds them."""
+    info = bp.plan_info(bp.Settings(), tmp_path)
+    rows = []
+    for i, (_label, name, sid) in enumerate(info["rows"]):
+        rows += [{"spec_id": sid, "model": f"old name {i}", "suite": "clean", "condition": "clean", "level": "",
+                  "metric": "acc", "value": 0.5},
+                 {"spec_id": sid, "model": f"old name {i}", "suite": "corruptions", "condition": "fog", "level": 5,
+                  "metric": "acc", "value": 0.25 + 0.01 * i}]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bt.write_report(tmp_path, info)
+    models = json.loads((tmp_path / "bn_policy.json").read_text())["models"]
+    assert [m["clean"] for m in models] == pytest.approx([50.0] * len(info["rows"]))
+    assert [m["fog"] for m in models] == pytest.approx([25.0 + i for i in range(len(info["rows"]))])

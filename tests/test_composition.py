@@ -140,7 +140,7 @@ def test_write_report_writes_markdown_json_and_figure(tmp_path: Path) -> None:
 
     info = rc.plan_info(rc.Settings(networks=["vgg"]), tmp_path)
     std_name = info["networks"]["vgg"]["rows"][0][1]
-    uni_name = dict(info["networks"]["vgg"]["rows"])["uniform (Σα = 1)"]
+    uni_name = {label: name for label, name, _sid in info["networks"]["vgg"]["rows"]}["uniform (Σα = 1)"]
     composed, others = list(rc.COMPOSED), list(rc.OTHERS)
     rows = _rows({std_name: {"clean": 60.0, **{c: 30.0 for c in composed + others}},
                   uni_name: {"clean": 59.5, **{c: 33.0 for c in composed}, **{o: 30.0 for o in others}}})

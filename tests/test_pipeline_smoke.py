@@ -303,7 +303,8 @@ def test_rws_bn_policy_smoke(tmp_path: Path, shared_data_dir: Path) -> None:
         assert all((out / "sigs" / policy / f"{c}.safetensors").is_file() for c in bp.CORRUPTIONS)
     rows = [r for r in _rows(out / "eval") if r["metric"] == "acc"]
     info = json.loads((out / "plan.json").read_text())
-    models = [name for _, name in info["rows"]]
+    models = [name for _, name, _sid in info["rows"]]
+    assert {sid for _, _, sid in info["rows"]} == {r["spec_id"] for r in rows}  # the plan's ids are the engine's
     s = bp.Settings.smoke()
     assert len(models) == 1 + len(bp.CORRUPTIONS) * (1 + len(bp.variants(s))) == len({r["model"] for r in rows})
     for m in models:  # clean + each corruption at severity 5, on the smoke run's 100 test images

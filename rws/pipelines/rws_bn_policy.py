@@ -31,6 +31,7 @@ from typing import Any
 from rws.pipelines.runner import Step, lock_file, print_or_run, study_parser
 from rws.pipelines.rws_cpu import (CALIB_SEED, _eval_step, _experiment_data, _export, _merge_overrides,
                                    export_spec, train_step)
+from rws.specs.core import spec_id
 
 EXPERIMENT = "rws/cpu"
 MODEL = ("model=resnet18_cifar", "model.width=0.25")
@@ -92,7 +93,7 @@ def row_specs(out: Path, s: Settings) -> list[tuple[str, dict[str, Any]]]:
 def plan_info(s: Settings, out: Path) -> dict[str, Any]:
     return {"corruptions": list(CORRUPTIONS), "severity": SEVERITY, "model": " ".join(MODEL),
             "variants": [[label, p, n] for label, p, n in variants(s)],
-            "rows": [[label, sp["name"]] for label, sp in row_specs(out, s)]}
+            "rows": [[label, sp["name"], spec_id(sp)] for label, sp in row_specs(out, s)]}
 
 
 def plan(s: Settings, out: Path) -> list[Step]:

@@ -44,6 +44,7 @@ from typing import Any
 
 from rws.pipelines.runner import Step, lock_file, print_or_run, study_parser
 from rws.pipelines.rws_cpu import _eval_step, _experiment_data, _export, _merge_overrides, export_spec, train_step
+from rws.specs.core import spec_id
 
 EXPERIMENT = "rws/cpu"
 # The paper's four (Fig. 8), and two corruptions that are not composed ("robustness on other types").
@@ -126,7 +127,7 @@ def row_specs(out: Path, net: str) -> list[tuple[str, dict[str, Any]]]:
 def plan_info(s: Settings, out: Path) -> dict[str, Any]:
     """What the report needs (written to plan.json)."""
     return {"composed": list(COMPOSED), "others": list(OTHERS), "severity": SEVERITY, "num_classes": 10,
-            "networks": {n: {"model": NETWORKS[n].model, "rows": [[label, sp["name"]] for label, sp in row_specs(out, n)]}
+            "networks": {n: {"model": NETWORKS[n].model, "rows": [[label, sp["name"], spec_id(sp)] for label, sp in row_specs(out, n)]}
                          for n in s.networks},
             "coefficient_sets": {k: list(v) for k, v in COEFFICIENT_SETS.items()}}
 

@@ -37,6 +37,7 @@ import yaml
 
 from rws.pipelines.runner import Step, lock_file, print_or_run, study_parser
 from rws.pipelines.rws_cpu import _export, _marker_name, export_spec, train_step
+from rws.specs.core import spec_id
 
 CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "contrast")
 HALVES = {"A": list(range(5)), "B": list(range(5, 10))}
@@ -142,7 +143,7 @@ def plan(s: Settings, out: Path) -> list[Step]:
 
 def plan_info(s: Settings, out: Path) -> dict[str, Any]:
     return {"model": s.model, "pretrain": s.pretrain, "corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES),
-            "halves": HALVES, "rows": {t: [[label, sp["name"]] for label, sp in row_specs(out, t)] for t in HALVES},
+            "halves": HALVES, "rows": {t: [[label, sp["name"], spec_id(sp)] for label, sp in row_specs(out, t)] for t in HALVES},
             "settings": {"pre_epochs": s.pre_epochs, "ft_epochs": s.ft_epochs, "pre_data": s.pre_data, "data": s.data}}
 
 

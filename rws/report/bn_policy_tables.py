@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rws.evaluation.results import read_results
-from rws.report.composition_tables import accuracy_by_model
+from rws.report.composition_tables import accuracy_of_plan
 from rws.utils.io import write_json, write_text
 
 
@@ -29,7 +29,7 @@ def _mean(values: list[float | None]) -> float | None:
 def model_table(acc: Mapping[str, Mapping[str, float]], rows: list[list[str]], corruptions: list[str]) -> list[dict[str, Any]]:
     """One record per evaluated model, in the plan's order: clean and each corruption."""
     return [{"row": label, "model": model, **{c: acc.get(model, {}).get(c) for c in ["clean", *corruptions]}}
-            for label, model in rows]
+            for label, model, *_ in rows]
 
 
 def policy_summary(acc: Mapping[str, Mapping[str, float]], corruptions: list[str],
@@ -84,7 +84,7 @@ def to_markdown(models: list[dict[str, Any]], summary: list[dict[str, Any]], cor
 def write_report(out: Path, info: Mapping[str, Any]) -> str:
     corruptions, variants = list(info["corruptions"]), list(info["variants"])
     res = out / "eval"
-    acc = accuracy_by_model(read_results(res) if (res / "results.jsonl").exists() else [])
+    acc = accuracy_of_plan(read_results(res) if (res / "results.jsonl").exists() else [], info["rows"])
     models = model_table(acc, info["rows"], corruptions)
     summary = policy_summary(acc, corruptions, variants)
     md = to_markdown(models, summary, corruptions, info)

@@ -30,14 +30,27 @@ MIN_GAIN = 1.0
 CHANCE_FACTOR = 2.0
 
 
-def accuracy_by_model(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """model name -> condition ('clean' or a corruption) -> accuracy in %."""
+def accuracy_by_model(rows: list[dict[str, Any]], key: str = "model") -> dict[str, dict[str, float]]:
+    """model name (or another row field, e.g. spec_id) -> condition ('clean' or a corruption) -> accuracy in %."""
     out: dict[str, dict[str, float]] = {}
     for r in rows:
-        if r.get("metric") != "acc":  # the engine's accuracy metric (docs/CONTRACTS.md "Result row")
+        if r.get("metric") != "acc" or r.get(key) is None:  # the engine's accuracy metric (CONTRACTS "Result row")
             continue
         cond = "clean" if r["suite"] == "clean" else str(r["condition"])
-        out.setdefault(str(r["model"]), {})[cond] = 100.0 * float(r["value"])
+        out.setdefault(str(r[key]), {})[cond] = 100.0 * float(r["value"])
+    return out
+
+
+def accuracy_of_plan(rows: list[dict[str, Any]], plan_rows: list[list[str]]) -> dict[str, dict[str, float]]:
+    """Plan model name -> condition -> accuracy %, for the plan's rows ``[label, name, spec_id]``.
+    Looked up by spec_id: a spec's name is cosmetic (not part of its id), so cells resumed from a run
+    that named the same recipe differently keep that run's name in ``model``. Rows without a spec_id
+    (plans written before it was recorded) are looked up by name."""
+    by_name, by_id = accuracy_by_model(rows), accuracy_by_model(rows, key="spec_id")
+    out: dict[str, dict[str, float]] = {}
+    for row in plan_rows:
+        name, sid = row[1], (row[2] if len(row) > 2 else None)
+        out[name] = by_id.get(sid, {}) if sid is not None and sid in by_id else by_name.get(name, {})
     return out
 
 
@@ -50,7 +63,7 @@ def network_table(acc: Mapping[str, Mapping[str, float]], rows: list[list[str]],
                   others: list[str]) -> list[dict[str, Any]]:
     """Records of one network's table, in the plan's row order."""
     records = []
-    for label, model in rows:
+    for label, model, *_ in rows:
         a = acc.get(model, {})
         rec: dict[str, Any] = {"row": label, "model": model, "clean": a.get("clean")}
         rec.update({c: a.get(c) for c in composed})
@@ -187,7 +200,7 @@ def write_report(out: Path, info: Mapping[str, Any]) -> str:
     for net, meta in info["networks"].items():
         res_dir = out / net / "eval"
         rows = read_results(res_dir) if (res_dir / "results.jsonl").exists() else []
-        recs = network_table(accuracy_by_model(rows), meta["rows"], composed, others)
+        recs = network_table(accuracy_of_plan(rows, meta["rows"]), meta["rows"], composed, others)
         tables[net] = recs
         verdicts[net] = verdict(recs, info["coefficient_sets"], composed, int(info.get("num_classes", 10)))
         parts += [to_markdown(net, meta["model"], recs, composed, verdicts[net]), ""]

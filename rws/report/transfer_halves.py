@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rws.evaluation.results import read_results
-from rws.report.composition_tables import accuracy_by_model
+from rws.report.composition_tables import accuracy_by_model, accuracy_of_plan
 from rws.utils.io import write_json, write_text
 
 MIN_GAIN = 1.0  # points, 1,000 test images: 10 images
 
 
-def accuracy_at(rows: list[dict[str, Any]], severity: int) -> dict[str, dict[str, float]]:
-    return accuracy_by_model([r for r in rows if r["suite"] == "clean" or int(r["level"]) == severity])
+def accuracy_at(rows: list[dict[str, Any]], severity: int,
+                plan_rows: list[list[str]] | None = None) -> dict[str, dict[str, float]]:
+    """Accuracy % at ``severity`` (and clean) per model name: the plan's rows by spec_id, else every row by name."""
+    kept = [r for r in rows if r["suite"] == "clean" or int(r["level"]) == severity]
+    return accuracy_by_model(kept) if plan_rows is None else accuracy_of_plan(kept, plan_rows)
 
 
 def direction_summary(acc: Mapping[str, Mapping[str, float]], target: str, corruptions: list[str]) -> dict[str, Any]:
@@ -79,7 +82,7 @@ def _fmt(v: Any) -> str:
 def table_markdown(acc: Mapping[str, Mapping[str, float]], rows: list[list[str]], corruptions: list[str]) -> str:
     cols = ["clean", *corruptions]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for label, model in rows:
+    for label, model, *_ in rows:
         a = acc.get(model, {})
         lines.append(f"| {label} | " + " | ".join(_fmt(a.get(c)) for c in cols) + " |")
     return "\n".join(lines)
@@ -127,9 +130,9 @@ def write_report(out: Path, info: Mapping[str, Any]) -> str:
         res = out / target / "eval"
         all_rows = read_results(res) if (res / "results.jsonl").exists() else []
         for sev in info["severities"]:
-            acc = accuracy_at(all_rows, int(sev))
+            acc = accuracy_at(all_rows, int(sev), rows)
             parts += [f"### on {target}, severity {sev} (accuracy %)", "", table_markdown(acc, rows, corruptions), ""]
-        acc5 = accuracy_at(all_rows, max(int(s) for s in info["severities"]))
+        acc5 = accuracy_at(all_rows, max(int(s) for s in info["severities"]), rows)
         summary[target] = direction_summary(acc5, target, corruptions)
         d = summary[target]
         src = "B" if target == "A" else "A"
