@@ -4,6 +4,7 @@ the CLI it calls, the evaluation steps read the right specs."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -312,3 +313,19 @@ def test_smoke_settings_compose_and_shrink_only_the_smoke_plans(tmp_path: Path) 
     full = {st.name: st for st in soups_cpu.plan(soups_cpu.Settings(), tmp_path / "s")}
     assert "grid.ws=[-0.2,0.0,0.2,0.4,0.6,0.8,1.0,1.2]" in full["front"].argv
     assert not any(a.startswith(("grid.low", "grid.high", "grid.step")) for st in full.values() for a in st.argv)
+
+
+def test_run_and_report_keeps_the_timings_of_skipped_steps(tmp_path: Path, capsys) -> None:
+    from rws.pipelines.runner import run_and_report
+
+    step = Step("a", "a", _touch(tmp_path / "a.done"), done=tmp_path / "a.done")
+    report = lambda out, info: f"report of {info['x']}"  # noqa: E731
+    run_and_report("study", [step], tmp_path, {"x": 1}, report)
+    first = json.loads((tmp_path / "timings.json").read_text())
+    assert set(first) == {"a", "total"}
+    (tmp_path / "timings.json").write_text(json.dumps({"a": 123.4, "total": 200.0}))  # as if "a" took long
+    run_and_report("study", [step], tmp_path, {"x": 1}, report)  # resumed: "a" is skipped
+    second = json.loads((tmp_path / "timings.json").read_text())
+    assert second["a"] == 123.4 and second["total"] >= 200.0
+    assert json.loads((tmp_path / "plan.json").read_text()) == {"x": 1}
+    assert capsys.readouterr().out.count("report of 1") == 2

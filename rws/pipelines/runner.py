@@ -310,15 +310,23 @@ def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0,
 def run_and_report(name: str, steps: Sequence[Step], out: Path, info: Mapping[str, Any],
                    report: Callable[[Path, Mapping[str, Any]], str], jobs: int = 2) -> None:
     """A study driver's tail: write ``plan.json`` (what the report is built from), run the steps, print
-    the report's markdown, write ``timings.json``."""
+    the report's markdown, write ``timings.json``: seconds per step, merged with the file's earlier
+    entries (a resumed run keeps the times of the steps it skipped), and ``total``, the wall time of
+    all runs into ``out``."""
     from rws.utils.io import write_json
 
     write_json(out / "plan.json", dict(info))
     t0 = time.time()
     timings = run(steps, jobs=jobs, record_dir=out / ".steps")
     print("\n" + report(out, info))
-    timings["total"] = time.time() - t0
-    write_json(out / "timings.json", {k: round(v, 1) for k, v in timings.items()})
+    path = out / "timings.json"
+    try:
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        earlier = {}
+    merged = {**earlier, **{k: round(v, 1) for k, v in timings.items()}}
+    merged["total"] = round(float(earlier.get("total", 0.0)) + time.time() - t0, 1)
+    write_json(path, merged)
     print(f"\n{name} finished in {time.time() - t0:.0f}s; everything in {out}")
 
 
