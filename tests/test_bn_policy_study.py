@@ -49,9 +49,10 @@ def test_plan_composes_and_rows_use_each_policy(tmp_path: Path) -> None:
                                          "split": "train"}
 
 
-def _rows(acc: dict[str, dict[str, float]]) -> list[dict]:
-    return [{"model": m, "suite": "clean" if c == "clean" else "corruptions", "condition": c, "level": 5,
-             "metric": "acc", "value": v / 100} for m, conds in acc.items() for c, v in conds.items()]
+def _rows(acc: dict[str, dict[str, float]], ids: dict[str, str]) -> list[dict]:
+    """Result rows of hand-made accuracies (model name -> condition -> %), with the plan's spec ids."""
+    return [{"spec_id": ids[m], "model": m, "suite": "clean" if c == "clean" else "corruptions", "condition": c,
+             "level": 5, "metric": "acc", "value": v / 100} for m, conds in acc.items() for c, v in conds.items()]
 
 
 def test_report_from_hand_made_rows(tmp_path: Path) -> None:
@@ -63,9 +64,10 @@ def test_report_from_hand_made_rows(tmp_path: Path) -> None:
         for n in (10, 79):
             acc[f"std+{c}|bn=recalibrate|calib={n}"] = {"clean": 56.0, c: 30.0 + 4.0 * i}   # +0, +4, +8, +12
             acc[f"std+{c}|bn=official|calib={n}"] = {"clean": 61.0, c: 25.0 + (n == 79)}  # −5 / −4, clean +1
-    (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(acc)))
     info = bp.plan_info(bp.Settings(), tmp_path)
+    ids = {name: sid for _label, name, sid in info["rows"]}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(acc, ids)))
     (tmp_path / "plan.json").write_text(json.dumps(info))
     md = bt.write_report(tmp_path, info)
     summary = {r["policy"]: r for r in json.loads((tmp_path / "bn_policy.json").read_text())["summary"]}
@@ -109,3 +111,13 @@ def test_report_finds_cells_resumed_under_another_name(tmp_path: Path) -> None:
     models = json.loads((tmp_path / "bn_policy.json").read_text())["models"]
     assert [m["clean"] for m in models] == pytest.approx([50.0] * len(info["rows"]))
     assert [m["fog"] for m in models] == pytest.approx([25.0 + i for i in range(len(info["rows"]))])
+
+
+@pytest.mark.parametrize("text, message", [("{not json", "is not JSON"), ("[1, 2]", "is not a study plan"),
+                                           ('{"model": "x"}', "has no 'corruptions'")])
+def test_report_cli_with_a_bad_plan_is_a_one_line_error(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "plan.json").write_text(text)
+    r = subprocess.run([sys.executable, "-m", "rws.report.bn_policy_tables", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

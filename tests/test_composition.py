@@ -142,8 +142,10 @@ def test_write_report_writes_markdown_json_and_figure(tmp_path: Path) -> None:
     std_name = info["networks"]["vgg"]["rows"][0][1]
     uni_name = {label: name for label, name, _sid in info["networks"]["vgg"]["rows"]}["uniform (Σα = 1)"]
     composed, others = list(rc.COMPOSED), list(rc.OTHERS)
-    rows = _rows({std_name: {"clean": 60.0, **{c: 30.0 for c in composed + others}},
-                  uni_name: {"clean": 59.5, **{c: 33.0 for c in composed}, **{o: 30.0 for o in others}}})
+    ids = {name: sid for _label, name, sid in info["networks"]["vgg"]["rows"]}
+    rows = [{**r, "spec_id": ids[r["model"]]} for r in _rows({
+        std_name: {"clean": 60.0, **{c: 30.0 for c in composed + others}},
+        uni_name: {"clean": 59.5, **{c: 33.0 for c in composed}, **{o: 30.0 for o in others}}})]
     write_text(tmp_path / "vgg" / "eval" / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     md = ct.write_report(tmp_path, info)
     assert "| uniform (Σα = 1) | 59.5 | 33.0 | 33.0 | 33.0 | 33.0 | 33.0 | 30.0 |" in md

@@ -325,3 +325,28 @@ def test_rws_bn_policy_smoke(tmp_path: Path, shared_data_dir: Path) -> None:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert full.returncode == 2 and "[run ]" not in full.stdout
     assert full.stderr.startswith("error: step 'init' already finished with other settings"), full.stderr
+
+
+def test_rws_composition_smoke(tmp_path: Path, shared_data_dir: Path) -> None:
+    """The composition study end to end on one network: its models, signatures, every planned row on
+    clean data and the six corruptions, and a table whose cells are those rows."""
+    from rws.pipelines import rws_composition as rc
+
+    out = tmp_path / "composition"
+    stdout = _pipeline("rws_composition", "--smoke", "--networks", "vgg", "--out", str(out), data=shared_data_dir)
+    _exports(out, "vgg/init", "vgg/std", *[f"vgg/robust/{c}" for c in rc.COMPOSED])
+    assert all((out / "vgg" / "sigs" / f"{c}.safetensors").is_file() for c in rc.COMPOSED)
+    rows = [r for r in _rows(out / "vgg" / "eval") if r["metric"] == "acc"]
+    plan_rows = json.loads((out / "plan.json").read_text())["networks"]["vgg"]["rows"]
+    assert {sid for _, _, sid in plan_rows} == {r["spec_id"] for r in rows}
+    conds = sorted(["clean", *rc.COMPOSED, *rc.OTHERS])
+    for _label, _name, sid in plan_rows:
+        assert sorted(r["condition"] for r in rows if r["spec_id"] == sid) == conds, _label
+    assert all(_is_rate(r["value"]) and r["n"] == 100 for r in rows)
+    table = json.loads((out / "composition.json").read_text())["tables"]["vgg"]
+    acc = {(r["spec_id"], r["condition"]): 100 * r["value"] for r in rows}
+    for rec, (_label, _name, sid) in zip(table, plan_rows):
+        assert rec["clean"] == pytest.approx(acc[(sid, "clean")])
+        assert rec["fog"] == pytest.approx(acc[(sid, "fog")])
+    assert (out / "composition.md").read_text() in stdout
+    assert (out / "figures" / "composition.png").stat().st_size > 1000

@@ -116,10 +116,15 @@ def test_a_done_step_without_a_record_is_refused_and_a_killed_step_is_redone(tmp
 
 def test_driver_user_errors_are_one_line_and_exit_2() -> None:
     for argv in (["-m", "rws.pipelines.rws_composition", "--networks", "vgg,nope", "--print-plan"],
+                 ["-m", "rws.pipelines.rws_composition", "--networks", ",", "--print-plan"],
                  ["-m", "rws.pipelines.rws_cpu", "--stages", "train,nope", "--print-plan"]):
         r = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
         assert r.returncode == 2, r.stderr
-        assert r.stderr.startswith("error: unknown ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert r.stderr.startswith(("error: unknown ", "error: no network given")), r.stderr
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    twice = subprocess.run([sys.executable, "-m", "rws.pipelines.rws_composition", "--networks", "vgg,vgg",
+                            "--print-plan", "--out", "/tmp/x"], capture_output=True, text=True)
+    assert twice.returncode == 0 and twice.stdout.count("# 1 vgg: θ_init") == 1
 
 
 def test_plan_checks() -> None:
@@ -329,3 +334,34 @@ def test_run_and_report_keeps_the_timings_of_skipped_steps(tmp_path: Path, capsy
     assert second["a"] == 123.4 and second["total"] >= 200.0
     assert json.loads((tmp_path / "plan.json").read_text()) == {"x": 1}
     assert capsys.readouterr().out.count("report of 1") == 2
+
+
+def test_a_step_finished_meanwhile_by_another_driver_under_other_settings_is_refused(tmp_path: Path, capsys) -> None:
+    """Step "a" is pending behind "first" when another driver (here: "first" itself) finishes it with
+    another record: it must not be skipped as done."""
+    from rws.pipelines.runner import record_file
+
+    records = tmp_path / ".steps"
+    late = Step("a", "step a", _touch(tmp_path / "never"), done=tmp_path / "a.done", needs=("first",))
+    foreign = json.dumps({"argv": ["-c", "other settings"], "env": {}, "files": {}})
+    first = Step("first", "first", _py(
+        f"import pathlib; pathlib.Path({str(record_file(records, late))!r}).write_text({foreign!r}); "
+        f"pathlib.Path({str(late.done)!r}).touch()"))
+    with pytest.raises(UserError, match="'a' already finished with other settings"):
+        run([first, late], record_dir=records)
+    assert "[stop] step 'a' already finished" in capsys.readouterr().out and not (tmp_path / "never").exists()
+
+
+def test_a_refused_study_run_leaves_its_plan_alone_and_cosmetic_arguments_do_not_count(tmp_path: Path) -> None:
+    from rws.pipelines.runner import run_and_report
+
+    report = lambda out, info: ""  # noqa: E731
+    step = _counting_step(tmp_path, "20")
+    run_and_report("study", [step], tmp_path, {"epochs": 20}, report)
+    with pytest.raises(UserError):
+        run_and_report("study", [_counting_step(tmp_path, "1")], tmp_path, {"epochs": 1}, report)
+    assert json.loads((tmp_path / "plan.json").read_text()) == {"epochs": 20}
+    # a logger option (rws_cpu --wandb) is cosmetic: resuming with it is the same settings
+    with_logger = replace(step, argv=(*step.argv, "logger=wandb"), cosmetic=("logger=wandb",))
+    assert run([with_logger], record_dir=tmp_path / ".steps") == {}
+    assert (tmp_path / "runs.txt").read_text().count("\n") == 1

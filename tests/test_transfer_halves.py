@@ -43,9 +43,11 @@ def test_plan_shares_one_init_and_splits_the_classes(tmp_path: Path) -> None:
     assert "data.class_subset=[5,6,7,8,9]" in steps["B/eval"].argv
 
 
-def _rows(acc: dict[str, dict[str, float]], level: int = 5) -> list[dict]:
-    return [{"model": m, "suite": "clean" if c == "clean" else "corruptions", "condition": c, "level": level,
-             "metric": "acc", "value": v / 100} for m, conds in acc.items() for c, v in conds.items()]
+def _rows(acc: dict[str, dict[str, float]], level: int = 5, ids: dict[str, str] | None = None) -> list[dict]:
+    """Result rows of hand-made accuracies; ``ids``: the plan's spec id per model name."""
+    return [{"spec_id": (ids or {}).get(m), "model": m, "suite": "clean" if c == "clean" else "corruptions",
+             "condition": c, "level": level, "metric": "acc", "value": v / 100}
+            for m, conds in acc.items() for c, v in conds.items()]
 
 
 def test_direction_summary_and_verdict_by_hand() -> None:
@@ -91,7 +93,8 @@ def test_report_from_hand_made_files(tmp_path: Path) -> None:
         acc.update({f"{target}/std+{other}:{c}": {"clean": 69.0, c: 43.0} for c in cs})
         acc.update({f"{target}/std+{target}:{c}": {c: 46.0} for c in cs})
         acc.update({f"{target}/robust/{c}": {c: 48.0} for c in cs})
-        rows = _rows(acc, 5) + _rows(acc, 3)
+        ids = {name: sid for _label, name, sid in info["rows"][target]}
+        rows = _rows(acc, 5, ids) + _rows(acc, 3, ids)
         write_text(tmp_path / target / "eval" / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     cos = {"__all__": {a: {b: (0.3 if a == b else 0.0) for b in cs} for a in cs}}
     write_text(tmp_path / "figure_data" / "fig5_cross_halves.json", json.dumps(cos))

@@ -64,6 +64,8 @@ class Step:
     mark_done: bool = False                     # write ``done`` after success (the step leaves no marker itself)
     files: Mapping[Path, str] = field(default_factory=dict)  # files the step reads (spec files), written before it runs
     tag: str = ""                               # the pipeline stage it belongs to ("train", "eval", ...)
+    cosmetic: tuple[str, ...] = ()              # argv items that do not change the result (logger options):
+                                                # left out of the step's settings record
 
     def command(self) -> list[str]:
         return [sys.executable, *self.argv]
@@ -149,7 +151,7 @@ def _is_done(st: Step) -> bool:
 
 def step_settings(st: Step) -> dict[str, Any]:
     """What a step's result depends on: its arguments, environment and the files it reads."""
-    return {"argv": list(st.argv), "env": dict(sorted(st.env.items())),
+    return {"argv": [a for a in st.argv if a not in st.cosmetic], "env": dict(sorted(st.env.items())),
             "files": {str(p): hashlib.sha1(t.encode()).hexdigest() for p, t in sorted(st.files.items())}}
 
 
@@ -189,18 +191,27 @@ def check_record(record_dir: Path | None, st: Step) -> None:
     from rws.errors import UserError
 
     path = record_file(record_dir, st)
-    expected = "the same settings to resume, or a new --out (or delete that step's outputs to redo it)"
+    expected = ("the same settings to resume, or a new --out (or delete the outputs of that step and of every "
+                "step after it)")
     if not path.exists():
         raise UserError(f"step {st.name!r} is done but there is no record of the settings it ran with "
                         "(an output of an older rws)", f"done marker {st.done}, record {path}", expected)
     try:
         old = json.loads(path.read_text())
     except ValueError:
-        old = {}
+        raise UserError(f"step {st.name!r} is done but the record of its settings is unreadable",
+                        f"record {path}", expected) from None
     new = json.loads(json.dumps(step_settings(st)))
     if old != new:
         raise UserError(f"step {st.name!r} already finished with other settings ({_difference(old, new)})",
                         f"record {path} (done marker {st.done})", expected)
+
+
+def check_records(steps: Sequence[Step], record_dir: Path | None) -> None:
+    """``check_record`` for every done step: a driver calls it before it writes anything (plan.json)."""
+    for st in steps:
+        if _is_done(st):
+            check_record(record_dir, st)
 
 
 def _execute(st: Step, record_dir: Path | None = None) -> float:
@@ -209,7 +220,7 @@ def _execute(st: Step, record_dir: Path | None = None) -> float:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    write_record(record_dir, st)  # before it starts: a step killed half-way is redone under new settings
+    write_record(record_dir, st)  # before it starts: the record says what a killed step was running
     where = f" (log: {st.log})" if st.log else ""
     print(f"[run ] {st.title}{where}\n       {st.shell()}", flush=True)
     t0 = time.time()
@@ -235,6 +246,21 @@ def _execute(st: Step, record_dir: Path | None = None) -> float:
     return dt
 
 
+def _late_refusal(record_dir: Path | None, st: Step, running: Mapping[Future, Step]) -> BaseException | None:
+    """For a step found done during the run (another driver on the same --out finished it): the
+    UserError if it ran with other settings, printed at once (it is raised when the running steps
+    are done; no new step starts), else None."""
+    try:
+        check_record(record_dir, st)
+    except Exception as e:  # noqa: BLE001 - UserError
+        from rws.errors import one_line
+
+        waiting = f" (waiting for {len(running)} running step(s) to finish)" if running else ""
+        print(f"[stop] {one_line(str(e))}{waiting}", flush=True)
+        return e
+    return None
+
+
 def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0,
         record_dir: Path | None = None) -> dict[str, float]:
     """Run ``steps``: finished ones (done marker present) are skipped, the rest start in plan order
@@ -243,9 +269,7 @@ def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0,
     ``record_dir``: keep each step's settings there and refuse a done step run with other settings
     (a UserError, before anything runs)."""
     check_plan(steps)
-    for st in steps:  # all refusals up front: nothing runs when one finished step does not match
-        if _is_done(st):
-            check_record(record_dir, st)
+    check_records(steps, record_dir)  # all refusals up front: nothing runs when one finished step does not match
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     pending = list(steps)
@@ -258,7 +282,9 @@ def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0,
         while (pending or held or running) and failure is None:
             for st in list(held):
                 if _is_done(st):
-                    check_record(record_dir, st)  # the other driver ran it with our settings
+                    failure = failure or _late_refusal(record_dir, st, running)  # done by another driver
+                    if failure is not None:
+                        break
                     print(f"[done] {st.title}: finished by another driver", flush=True)
                     held.remove(st)
                     finished.add(st.name)
@@ -269,6 +295,9 @@ def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0,
                 if not all(n in finished for n in st.needs):
                     continue
                 if _is_done(st):
+                    failure = failure or _late_refusal(record_dir, st, running)  # done by another driver
+                    if failure is not None:
+                        break
                     print(f"[skip] {st.title}: {st.done} exists", flush=True)
                     pending.remove(st)
                     finished.add(st.name)
@@ -282,6 +311,8 @@ def run(steps: Sequence[Step], jobs: int = 1, poll_s: float = 10.0,
                     continue
                 pending.remove(st)
                 running[pool.submit(_execute, st, record_dir)] = st
+            if failure is not None:
+                break
             if not running:
                 if held:
                     time.sleep(poll_s)
@@ -315,6 +346,7 @@ def run_and_report(name: str, steps: Sequence[Step], out: Path, info: Mapping[st
     all runs into ``out``."""
     from rws.utils.io import write_json
 
+    check_records(steps, out / ".steps")  # a refused run leaves plan.json (what the report reads) alone
     write_json(out / "plan.json", dict(info))
     t0 = time.time()
     timings = run(steps, jobs=jobs, record_dir=out / ".steps")

@@ -173,12 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     p = study_parser(__doc__, "outputs/rws_composition")
     p.add_argument("--networks", default=",".join(Settings().networks), help=f"some of {','.join(NETWORKS)}")
     a = p.parse_args(argv)
-    nets = [n for n in a.networks.split(",") if n]
+    nets = list(dict.fromkeys(n.strip() for n in a.networks.split(",") if n.strip()))  # in order, once each
     unknown = sorted(set(nets) - set(NETWORKS))
-    if unknown:
+    if unknown or not nets:
         from rws.errors import UserError
 
-        raise UserError(f"unknown network(s) {unknown}", "option --networks", f"some of {list(NETWORKS)}")
+        raise UserError(f"unknown network(s) {unknown}" if unknown else "no network given", "option --networks",
+                        f"some of {list(NETWORKS)}, comma-separated")
     s = replace(Settings.smoke() if a.smoke else Settings(), networks=nets)
     out = Path(a.out).resolve()
     from rws.report.composition_tables import write_report

@@ -34,7 +34,7 @@ import yaml
 
 from rws.config import CONF_DIR
 from rws.corruptions import CPU_SHIFTS
-from rws.pipelines.runner import Step, lock_file, run, select
+from rws.pipelines.runner import Step, check_records, lock_file, run, select
 
 STAGES = ("train", "tiny", "extract", "eval", "report")
 # The four signature variants of Table 1: (directory name, layers.k, bits).
@@ -324,8 +324,9 @@ def plan(s: Settings, out: Path) -> list[Step]:
 
     def train(role: str, title: str, experiment: str, extra: list[str], overrides: list[str],
               needs: tuple[str, ...], tag: str) -> None:
-        steps.append(train_step(out, role, title, (f"experiment={experiment}",), (*overrides, *extra, *s.logger),
-                                needs, tag))
+        steps.append(replace(train_step(out, role, title, (f"experiment={experiment}",),
+                                        (*overrides, *extra, *s.logger), needs, tag),
+                             cosmetic=tuple(s.logger)))  # --wandb on a resumed run is not other settings
         producers[_export(out / role)] = role
 
     def extract(label: str, title: str, init: str, std: str, robust: dict[str, str], k: int, bits: int) -> None:
@@ -519,6 +520,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     info = plan_info(s)
+    check_records(steps, out / ".steps")  # a refused run leaves plan.json alone
     (out / "plan.json").write_text(json.dumps(info, indent=2))
     t0 = time.time()
     timings = run(steps, record_dir=out / ".steps", jobs=2)  # two cores: the CIFAR-10 and Tiny-ImageNet chains interleave

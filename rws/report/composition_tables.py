@@ -50,7 +50,7 @@ def accuracy_of_plan(rows: list[dict[str, Any]], plan_rows: list[list[str]]) -> 
     out: dict[str, dict[str, float]] = {}
     for row in plan_rows:
         name, sid = row[1], (row[2] if len(row) > 2 else None)
-        out[name] = by_id.get(sid, {}) if sid is not None and sid in by_id else by_name.get(name, {})
+        out[name] = by_id.get(sid, {}) if sid is not None else by_name.get(name, {})
     return out
 
 

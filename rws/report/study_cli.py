@@ -25,6 +25,17 @@ def report_main(argv: list[str] | None, doc: str | None, default_out: str, write
     a = p.parse_args(argv)
     out = Path(a.out)
     plan = out / "plan.json"
+    expected = "the --out of a finished (or running) study of this kind"
     if not plan.is_file():
-        raise UserError(f"no plan.json in {out}", "option --out", "the --out of a finished (or running) study")
-    print(write_report(out, json.loads(plan.read_text())))
+        raise UserError(f"no plan.json in {out}", "option --out", expected)
+    try:
+        info = json.loads(plan.read_text())
+    except ValueError as e:
+        raise UserError(f"{plan} is not JSON ({e})", "option --out", expected) from None
+    if not isinstance(info, dict):
+        raise UserError(f"{plan} is not a study plan (a JSON object)", "option --out", expected)
+    try:
+        md = write_report(out, info)
+    except KeyError as e:  # a key this report needs is missing: another study's plan
+        raise UserError(f"{plan} has no {e} (another study's plan?)", "option --out", expected) from None
+    print(md)
