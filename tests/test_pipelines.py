@@ -365,3 +365,23 @@ def test_a_refused_study_run_leaves_its_plan_alone_and_cosmetic_arguments_do_not
     with_logger = replace(step, argv=(*step.argv, "logger=wandb"), cosmetic=("logger=wandb",))
     assert run([with_logger], record_dir=tmp_path / ".steps") == {}
     assert (tmp_path / "runs.txt").read_text().count("\n") == 1
+
+
+def test_a_done_step_built_on_a_step_that_ran_again_is_refused(tmp_path: Path) -> None:
+    """Deleting one step's output re-runs it; the steps after it were built on the old output, so
+    they are refused (not skipped) until their outputs are deleted too — then they run again."""
+    records = tmp_path / ".steps"
+    a = Step("a", "a", _touch(tmp_path / "a.done"), done=tmp_path / "a.done", tag="a")
+    b = Step("b", "b", _touch(tmp_path / "b.done"), done=tmp_path / "b.done", needs=("a",), tag="b")
+    c = Step("c", "c", _touch(tmp_path / "c.done"), done=tmp_path / "c.done", tag="c")  # independent of a
+    assert set(run([a, b, c], record_dir=records)) == {"a", "b", "c"}
+    assert run([a, b, c], record_dir=records) == {}
+    (tmp_path / "a.done").unlink()
+    with pytest.raises(UserError, match=r"'b' already finished with other settings \(the step\(s\) it builds on "
+                                        r"were run again since: a\)"):
+        run([a, b, c], record_dir=records)
+    assert (tmp_path / "a.done").exists()  # a itself was redone
+    (tmp_path / "b.done").unlink()
+    assert set(run([a, b, c], record_dir=records)) == {"b"}
+    assert run([a, b, c], record_dir=records) == {}
+    assert run(select([a, b, c], ["b"]), record_dir=records) == {}  # a stage selection that drops the need

@@ -155,21 +155,40 @@ def step_settings(st: Step) -> dict[str, Any]:
             "files": {str(p): hashlib.sha1(t.encode()).hexdigest() for p, t in sorted(st.files.items())}}
 
 
-def record_file(record_dir: Path, st: Step) -> Path:
-    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in st.name)
+def record_file(record_dir: Path, st: Step | str) -> Path:
+    name = st if isinstance(st, str) else st.name
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
     return Path(record_dir) / f"{safe}.json"
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _inputs(record_dir: Path, st: Step) -> dict[str, str | None]:
+    """The run id of each step ``st`` needs, as their records hold it now: a step made again gets a
+    new id, so the steps built on its old output no longer match."""
+    return {n: (_read_record(record_file(record_dir, n)) or {}).get("run_id") for n in st.needs}
 
 
 def write_record(record_dir: Path | None, st: Step) -> None:
     if record_dir is None:
         return
+    import uuid
+
     from rws.utils.io import write_json
 
-    write_json(record_file(record_dir, st), step_settings(st))
+    write_json(record_file(record_dir, st), {**step_settings(st), "inputs": _inputs(record_dir, st),
+                                             "run_id": uuid.uuid4().hex})
 
 
-def _difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """The first difference between two records, for the error line."""
+def _difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """The first difference between a step's record and its settings now, for the error line; None
+    when they match. Inputs are compared for the needs both know (a --stages selection drops some)."""
     a, b = list(old.get("argv", [])), list(new.get("argv", []))
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
@@ -180,12 +199,16 @@ def _difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     for key in ("env", "files"):
         if old.get(key) != new.get(key):
             return f"its {key} differ"
-    return "its settings differ"
+    then, now = old.get("inputs") or {}, new.get("inputs") or {}
+    remade = [n for n in now if n in then and then[n] != now[n]]
+    if remade:
+        return f"the step(s) it builds on were run again since: {', '.join(remade)}"
+    return None
 
 
 def check_record(record_dir: Path | None, st: Step) -> None:
-    """A done step may be skipped only if it ran with the same settings: raise UserError otherwise,
-    also when there is no record (settings unknown)."""
+    """A done step may be skipped only if it ran with the same settings, on the outputs its needs
+    have now: raise UserError otherwise, also when there is no record (settings unknown)."""
     if record_dir is None:
         return
     from rws.errors import UserError
@@ -196,14 +219,14 @@ def check_record(record_dir: Path | None, st: Step) -> None:
     if not path.exists():
         raise UserError(f"step {st.name!r} is done but there is no record of the settings it ran with "
                         "(an output of an older rws)", f"done marker {st.done}, record {path}", expected)
-    try:
-        old = json.loads(path.read_text())
-    except ValueError:
+    old = _read_record(path)
+    if old is None:
         raise UserError(f"step {st.name!r} is done but the record of its settings is unreadable",
-                        f"record {path}", expected) from None
-    new = json.loads(json.dumps(step_settings(st)))
-    if old != new:
-        raise UserError(f"step {st.name!r} already finished with other settings ({_difference(old, new)})",
+                        f"record {path}", expected)
+    new = {**json.loads(json.dumps(step_settings(st))), "inputs": _inputs(record_dir, st)}
+    why = _difference(old, new)
+    if why is not None:
+        raise UserError(f"step {st.name!r} already finished with other settings ({why})",
                         f"record {path} (done marker {st.done})", expected)
 
 

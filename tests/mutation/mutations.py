@@ -204,7 +204,7 @@ add("train_resume_restarts", "rws/training.py",
     ("tests/test_guards.py::test_resume_continues_from_the_checkpoint",),
     why="resume=auto / a .ckpt path trains from scratch", tags=("training",))
 add("pipeline_resume_ignores_settings", "rws/pipelines/runner.py",
-    "    if old != new:\n",
+    "    if why is not None:\n",
     "    if False:  # MUTANT: a done step is skipped whatever settings it ran with\n",
     ("tests/test_pipelines.py::test_resume_skips_a_step_only_under_the_same_settings",),
     why="a pipeline re-run reuses a step computed under other settings", tags=("pipelines",))
