@@ -23,7 +23,7 @@ def _one_thread():
 
 # ----- a tiny trained model on a separable synthetic problem ------------------------------------
 
-from tiny_problem import SHAPE, train_tiny  # noqa: E402  (shared with tests/test_guards.py)
+from tiny_problem import SHAPE, fit_images, train_tiny  # noqa: E402  (shared with test_guards.py, test_sweep.py)
 
 
 @pytest.fixture(scope="module")
@@ -254,16 +254,7 @@ def digits_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     model = create_model("small_cnn", num_classes=10, width=0.25)
     x, y = digits_splits(32)["train"]
     x = x.float() / 255
-    opt = torch.optim.Adam(model.parameters(), 3e-3, foreach=False)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        for idx in torch.randperm(len(y), generator=g).split(64):
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.zero_grad(set_to_none=True)
-    model.eval()
+    fit_images(model, x, y, 3, 3e-3, 0)
     xt, yt = digits_splits(32)["test"]
     xt = xt.float() / 255
     with torch.no_grad():

@@ -16,6 +16,7 @@ from rws.evaluation.suites.corruptions import CorruptionSuite
 from rws.stages.sweep import run_sweep
 from rws.stages.sweep.targets import parse_targets
 from rws.weights.export import save_export
+from tiny_problem import fit_images  # shared with tests/test_attacks.py
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = {"name": "small_cnn", "num_classes": 10, "width": 0.25}
@@ -37,8 +38,6 @@ def _exports(tmp_path: Path, n: int) -> list[str]:
 def trained_members(tmp_path_factory):
     """Two trained small_cnn exports (width 0.25, ~95 % on the digits test split) from one init: the
     first after 2 epochs, the second 1 epoch further at a lower rate; and the digits test images."""
-    import torch.nn.functional as F
-
     from rws.data.digits import digits_splits
     from rws.models import create_model
 
@@ -48,21 +47,9 @@ def trained_members(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model(**CFG)
 
-    def fit(epochs, lr, seed):
-        opt = torch.optim.Adam(model.parameters(), lr, foreach=False)
-        g = torch.Generator().manual_seed(seed)
-        model.train()
-        for _ in range(epochs):
-            for idx in torch.randperm(len(y), generator=g).split(64):
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        model.eval()
-
-    fit(2, 3e-3, 0)
+    fit_images(model, x, y, 2, 3e-3, 0)
     first = save_export(root / "m0" / "export", model, CFG)
-    fit(1, 1e-3, 1)
+    fit_images(model, x, y, 1, 1e-3, 1)
     second = save_export(root / "m1" / "export", model, CFG)
     xt, yt = digits_splits(32)["test"]
     return [str(first), str(second)], xt.float() / 255, yt

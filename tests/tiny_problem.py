@@ -1,5 +1,6 @@
 """A tiny classifier and a separable synthetic problem it learns in seconds: the trained model the
-attack tests (tests/test_attacks.py, tests/test_guards.py) attack."""
+attack tests (tests/test_attacks.py, tests/test_guards.py) attack; and ``fit_images``, the short
+training loop the tests that need a real image model (small_cnn on the embedded digits) share."""
 
 from __future__ import annotations
 
@@ -45,3 +46,19 @@ def train_tiny(n_test: int = 128) -> tuple[nn.Module, torch.Tensor, torch.Tensor
     model.eval()
     xt, yt = blobs(n_test, 2)
     return model, xt, yt
+
+
+def fit_images(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int) -> nn.Module:
+    """Adam (``lr``) on shuffled batches of 64 (a generator seeded with ``seed``) for ``epochs``; the
+    model is left in eval mode with its gradients cleared."""
+    opt = torch.optim.Adam(model.parameters(), lr, foreach=False)  # foreach is slow for small models on CPU
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=g).split(64):
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()

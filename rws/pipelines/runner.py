@@ -13,10 +13,10 @@ whose pid is dead is taken over.
 Resuming never reuses a step run with other settings: with ``record_dir`` (the drivers pass
 ``<out>/.steps``), a step writes ``<record_dir>/<step name>.json``, its settings (argv, environment,
 the content of the files it reads), before it starts, so a step killed half-way still has the record
-of what it was doing. A done step whose record differs is refused (exit 2, naming the first
-differing argument) instead of skipped, e.g. a ``--smoke`` run and then a full run into one
-``--out``; so is a done step without a record (an output of an rws from before records: its settings
-are unknown).
+of what it was doing, with the run ids of the steps it builds on. A done step whose record differs
+is refused (exit 2, naming the first differing argument) instead of skipped, e.g. a ``--smoke`` run
+and then a full run into one ``--out``; so is one whose needed steps were run again since, and one
+without a record (an output of an rws from before records: its settings are unknown).
 
 ``run`` starts every step whose needs are finished, in plan order, up to ``jobs`` at once. So a
 list of independent training steps runs in parallel, a chain runs in order, and two chains (the
